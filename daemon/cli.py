@@ -1,0 +1,151 @@
+"""The `digit-inbox` command: parse arguments, run one subcommand, map errors to exit codes.
+
+Subcommands import their modules lazily so `digit-inbox run` never loads torch and
+`--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from digit_inbox.daemon import __version__
+from digit_inbox.daemon.errors import DigitInboxError, ExitCode
+
+log = logging.getLogger("digit_inbox")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digit-inbox",
+        description="Read handwritten digits from scanned images dropped into a folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="watch the inbox and file every scan dropped there")
+    run.add_argument("--config", "-c", type=Path, default=Path("config.yaml"),
+                     help="config file (default: ./config.yaml)")  # fmt: skip
+    run.add_argument("--check-config", action="store_true",
+                     help="validate the config and exit (0 valid, 3 invalid)")  # fmt: skip
+
+    status = sub.add_parser("status", help="show what the running daemon is doing")
+    status.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+
+    classify = sub.add_parser("classify", help="read the digit in each image; CSV to stdout")
+    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                          help="image files or folders (searched recursively)")  # fmt: skip
+    classify.add_argument("--output", "-o", type=Path, help="write the CSV here, not stdout")
+    classify.add_argument("--model", type=Path, help="ONNX model (default: the embedded one)")
+    classify.add_argument("--min-confidence", type=float, default=0.6,
+                          help="below this the status is low_confidence (default 0.6)")  # fmt: skip
+    classify.add_argument("--max-pixels", type=int, default=40_000_000,
+                          help="refuse larger images as decompression bombs (default 40e6)")  # fmt: skip
+    classify.add_argument("--debug-dir", type=Path,
+                          help="write a PNG strip of the preprocessing steps per file here")  # fmt: skip
+    classify.add_argument("--workers", type=int, default=None,
+                          help="decoding processes (default: one per CPU core)")  # fmt: skip
+
+    train = sub.add_parser("train", help="train a model on MNIST (needs the [train] extra)")
+    train.add_argument("--arch", choices=["cnn", "softmax"], default="cnn")
+    train.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+    train.add_argument("--download", action="store_true",
+                       help="download missing MNIST files into --data-dir first")  # fmt: skip
+    train.add_argument("--output", "-o", type=Path, required=True, help="checkpoint to write")
+    train.add_argument("--epochs", type=int, help="default: 30 for cnn, 2 for softmax")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--dry-run", action="store_true",
+                       help="one epoch on 512 images: checks the pipeline in seconds")  # fmt: skip
+
+    export = sub.add_parser("export", help="convert a checkpoint to ONNX and check parity")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--output", "-o", type=Path, required=True)
+    export.add_argument("--data-dir", help="MNIST folder for the parity check")
+
+    evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
+    evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
+    evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+    evaluate.add_argument("--output-dir", type=Path, help="write confusion.png, errors.png here")
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from digit_inbox.daemon import service
+
+        return service.main(args.config, check_only=args.check_config)
+    if args.command == "status":
+        from digit_inbox.daemon import health
+
+        return health.print_status(args.config)
+    if args.command == "classify":
+        from digit_inbox.daemon import classify
+
+        return classify.main(
+            args.paths,
+            output=args.output,
+            model=args.model,
+            min_confidence=args.min_confidence,
+            max_pixels=args.max_pixels,
+            debug_dir=args.debug_dir,
+            workers=args.workers,
+        )
+    if args.command == "train":
+        from digit_inbox.export import mnist, train
+
+        data_dir = mnist.resolve_data_dir(args.data_dir)
+        if args.download:
+            mnist.download(data_dir)
+        train.train(
+            data_dir,
+            args.output,
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            dry_run=args.dry_run,
+        )
+        return ExitCode.OK
+    if args.command == "export":
+        from digit_inbox.export import mnist, onnx_export
+
+        onnx_export.export(args.checkpoint, args.output, mnist.resolve_data_dir(args.data_dir))
+        return ExitCode.OK
+    if args.command == "evaluate":
+        from digit_inbox.export import evaluate, mnist
+
+        return evaluate.main(args.model, mnist.resolve_data_dir(args.data_dir), args.output_dir)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(args.log_level or "INFO").upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(dispatch(args))
+    except DigitInboxError as exc:
+        log.error("%s", exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except ImportError as exc:
+        if exc.name in ("torch", "onnx"):
+            log.error("%s needs the training extra: pip install 'digit-inbox[train]'", exc.name)
+            return int(ExitCode.USAGE)
+        raise

@@ -1,0 +1,48 @@
+"""One error boundary: every failure the user can fix is a DigitInboxError with an exit code.
+
+`cli.main` maps exceptions to exit codes by type in one place; everything else is a bug
+(ExitCode.SOFTWARE) and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FILES_FAILED = 1  # `classify`: at least one file got status=error (rows are still written)
+    USAGE = 2  # bad command line (argparse's own code)
+    CONFIG = 3  # config.yaml invalid; every problem is listed with its key path
+    DATA = 4  # MNIST files missing, corrupt or failing their checksum
+    MODEL = 5  # model file missing, unreadable, or breaking the contract
+    RUNTIME = 6  # the daemon lost its inbox or its observer; the supervisor should restart it
+    INTERRUPTED = 130  # Ctrl-C outside the daemon's graceful shutdown
+    SOFTWARE = 70  # a bug: please report it with the traceback
+
+
+class DigitInboxError(Exception):
+    """Base of all errors a user can act on; the message says how."""
+
+    exit_code = ExitCode.SOFTWARE
+
+
+class ConfigError(DigitInboxError):
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+class DataError(DigitInboxError):
+    exit_code = ExitCode.DATA
+
+
+class ModelError(DigitInboxError):
+    exit_code = ExitCode.MODEL
+
+
+class RuntimeFault(DigitInboxError):
+    exit_code = ExitCode.RUNTIME

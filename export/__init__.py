@@ -1,0 +1,1 @@
+"""Training and ONNX export of the digit model (needs the `train` extra: torch, onnx)."""
