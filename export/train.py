@@ -159,9 +159,9 @@ def train(
     if dry_run:
         train_idx, val_idx, epochs = train_idx[:512], val_idx[:256], 1
     x_train = to_tensor(train_split.images[train_idx], device)
-    y_train = torch.as_tensor(train_split.labels[train_idx], device=device).long()
+    y_train = torch.as_tensor(np.array(train_split.labels[train_idx]), device=device).long()
     x_val = to_tensor(train_split.images[val_idx], device)
-    y_val = torch.as_tensor(train_split.labels[val_idx], device=device).long()
+    y_val = torch.as_tensor(np.array(train_split.labels[val_idx]), device=device).long()
 
     model = ARCHITECTURES[arch]().to(device)
     steps = epochs * math.ceil(len(x_train) / batch_size)
@@ -187,7 +187,7 @@ def train(
         )  # fmt: skip
 
     x_test = to_tensor(test_split.images, device)
-    y_test = torch.as_tensor(test_split.labels, device=device).long()
+    y_test = torch.as_tensor(np.array(test_split.labels), device=device).long()
     _, test_acc = evaluate(model, x_test, y_test)
     log.info("final  val_acc %.4f  test_acc %.4f (test measured once, for the report)",
              val_acc, test_acc)  # fmt: skip
