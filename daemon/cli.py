@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", type=Path, required=True)
     export.add_argument("--data-dir", help="MNIST folder for the parity check")
 
+    data = sub.add_parser("mnist", help="verify the MNIST files (MD5), downloading missing ones")
+    data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+    data.add_argument("--download", action="store_true", help="fetch missing files first")
+
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
@@ -121,6 +125,16 @@ def dispatch(args: argparse.Namespace) -> int:
         from digit_inbox.export import mnist, onnx_export
 
         onnx_export.export(args.checkpoint, args.output, mnist.resolve_data_dir(args.data_dir))
+        return ExitCode.OK
+    if args.command == "mnist":
+        from digit_inbox.export import mnist
+
+        data_dir = mnist.resolve_data_dir(args.data_dir)
+        if args.download:
+            mnist.download(data_dir)
+        for split in mnist.SPLITS:
+            images = mnist.load_split(data_dir, split).images
+            print(f"{split}: {len(images)} images, MD5 verified ({data_dir})")
         return ExitCode.OK
     if args.command == "evaluate":
         from digit_inbox.export import evaluate, mnist
