@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import pickle
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,16 @@ OPSET = 18
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    hint = "pass a checkpoint written by `digit-inbox train`"
     try:
-        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path}: not a checkpoint written by `digit-inbox train` ({exc})") from exc
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({exc}); {hint}") from exc
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:
+        # torch's own message advises weights_only=False, i.e. running untrusted code: not shown.
+        raise ModelError(f"{path}: not a checkpoint, or a corrupt one; {hint}") from exc
+    if not isinstance(checkpoint, dict):
+        raise ModelError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint; {hint}")
     if checkpoint.get("arch") not in train.ARCHITECTURES:
         raise ModelError(f"{path}: unknown architecture {checkpoint.get('arch')!r}")
     return checkpoint
