@@ -83,5 +83,4 @@ class Notifier:
             with self._lock:
                 first, self._failed = not self._failed, True
             if first:
-                log.warning("cannot notify systemd at %r: %s (further failures not logged)",
-                            self.address, exc)  # fmt: skip
+                log.warning("cannot notify systemd at %r: %s (not logged again)", self.address, exc)
