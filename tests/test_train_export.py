@@ -1,0 +1,104 @@
+"""train -> export -> evaluate through the `digit-inbox` command line, on dry runs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from digit_inbox.daemon import cli, contract
+from digit_inbox.daemon.classifier import Classifier
+from digit_inbox.daemon.errors import ExitCode
+from digit_inbox.export import mnist
+
+
+def dry_run(arch: str, output: Path) -> Path:
+    assert cli.main(["train", "--dry-run", "--arch", arch, "--output", str(output)]) == ExitCode.OK
+    return output
+
+
+@pytest.fixture(scope="module")
+def cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return dry_run("cnn", tmp_path_factory.mktemp("cnn") / "cnn.pt")
+
+
+@pytest.mark.slow
+def test_a_cnn_dry_run_exports_and_evaluates_like_torch(
+    cnn_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    checkpoint = torch.load(cnn_checkpoint, weights_only=True)
+    assert (checkpoint["arch"], checkpoint["epochs"], checkpoint["dry_run"]) == ("cnn", 1, True)
+
+    model = tmp_path / "cnn.onnx"
+    assert cli.main(["export", str(cnn_checkpoint), "--output", str(model)]) == ExitCode.OK
+    assert "parity max |diff|" in caplog.text
+    assert not model.with_name("cnn.onnx.tmp").exists()
+    classifier = Classifier(model)
+    assert classifier.model_id.startswith("cnn-")
+    assert classifier.metadata[contract.META_CONTRACT] == contract.CONTRACT_VERSION
+    assert classifier.metadata[contract.META_TRAIN_MD5] == mnist.data_fingerprint()
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(model), "--output-dir", str(tmp_path)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert classifier.model_id in out
+    printed = re.search(r"accuracy\s+([\d.]+)%", out)
+    assert printed is not None, out
+    accuracy = float(printed.group(1)) / 100
+    # onnxruntime and torch see the same 10,000 test images: the same accuracy, give or take a tie.
+    assert accuracy == pytest.approx(checkpoint["test_accuracy"], abs=0.002)
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    assert (tmp_path / "errors.png").stat().st_size > 0
+
+
+def test_a_softmax_dry_run_exports(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    checkpoint = dry_run("softmax", tmp_path / "softmax.pt")
+    model = tmp_path / "softmax.onnx"
+    assert cli.main(["export", str(checkpoint), "-o", str(model)]) == ExitCode.OK
+    assert "parity max |diff|" in caplog.text
+    assert Classifier(model).metadata[contract.META_ARCH] == "softmax"
+
+
+def test_exporting_a_corrupt_checkpoint_is_a_model_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 this was never a checkpoint")
+    output = tmp_path / "model.onnx"
+    assert cli.main(["export", str(corrupt), "-o", str(output)]) == ExitCode.MODEL
+    assert "not a checkpoint" in caplog.text
+    assert "digit-inbox train" in caplog.text
+    assert not output.exists()
+
+
+def test_exporting_a_checkpoint_of_an_unknown_architecture_is_a_model_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"arch": "resnet", "state_dict": {}}, foreign)
+    assert cli.main(["export", str(foreign), "-o", str(tmp_path / "m.onnx")]) == ExitCode.MODEL
+    assert "unknown architecture 'resnet'" in caplog.text
+
+
+def test_training_without_a_data_folder_is_a_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(mnist.ENV_DATA_DIR, raising=False)
+    assert cli.main(["train", "--dry-run", "-o", str(tmp_path / "x.pt")]) == ExitCode.DATA
+    assert "--data-dir" in caplog.text
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_evaluating_a_missing_model_is_a_model_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cli.main(["evaluate", str(tmp_path / "missing.onnx")]) == ExitCode.MODEL
+    assert "missing.onnx" in caplog.text
