@@ -1,0 +1,328 @@
+"""What the running daemon is doing, for people (`digit-inbox status`) and for Prometheus.
+
+The daemon records every row it writes; on its metrics interval it rewrites two small files
+atomically: a JSON state file that `digit-inbox status` reads, and optionally a `*.prom` file for
+node_exporter's textfile collector. Files rather than an HTTP endpoint keep the service off the
+network entirely (the unit denies every address family but AF_UNIX).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from digit_inbox.daemon import __version__
+from digit_inbox.daemon.errors import ExitCode, RuntimeFault
+from digit_inbox.daemon.rows import Row, Status
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA = 1
+# Upper bounds (seconds) of the processing-latency histogram: a 28x28 CNN takes milliseconds,
+# a huge or corrupt scan can take seconds to decode.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STATUSES = [s.value for s in Status]
+# `digit-inbox status` calls the state stale when it is older than this many write intervals.
+STALE_INTERVALS = 3
+
+
+def iso(timestamp: float) -> str:
+    """Local time with its UTC offset, like the rows' `time` column."""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def today() -> str:
+    """The local date, which names the daily report; a function so tests can move midnight."""
+    return date.today().isoformat()
+
+
+def zero_counts() -> dict[str, int]:
+    return dict.fromkeys(STATUSES, 0)
+
+
+class Health:
+    """Counters and gauges of one daemon process; `record` and `write` may run on any thread."""
+
+    def __init__(self, state_file: Path, textfile: Path | None, model_id: str) -> None:
+        self.state_file = state_file
+        self.textfile = textfile
+        self.model_id = model_id
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.started = time.time()
+        self._lock = threading.Lock()  # guards the counters below
+        self._write_lock = threading.Lock()  # one writer at a time, so files never go backwards
+        self._queue_depth = 0
+        self._total_counts = zero_counts()
+        self._day = today()
+        # A restart must not make `status` forget what was done earlier today.
+        self._day_counts = self._earlier_today(state_file, self._day)
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self._latency_sum = 0.0
+        self._last_file: dict[str, str] | None = None
+        self._last_success: float | None = None
+
+    @staticmethod
+    def _earlier_today(state_file: Path, day: str) -> dict[str, int]:
+        counts = zero_counts()
+        try:
+            earlier = json.loads(state_file.read_text())["counts"]["today"]
+            if earlier["date"] == day:
+                counts.update({s: int(earlier[s]) for s in STATUSES})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no earlier state (first start) or an unreadable one: start from zero
+        return counts
+
+    def _roll_day(self) -> None:
+        day = today()
+        if day != self._day:
+            self._day, self._day_counts = day, zero_counts()
+
+    def record(self, row: Row, latency_seconds: float) -> None:
+        """Count one finished file; `latency_seconds` is from noticing it to its row written."""
+        now = time.time()
+        status = Status(row.status).value
+        with self._lock:
+            self._roll_day()
+            self._total_counts[status] += 1
+            self._day_counts[status] += 1
+            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, latency_seconds)] += 1
+            self._latency_sum += latency_seconds
+            self._last_file = {
+                "name": row.file,
+                "status": status,
+                "digit": row.digit,
+                "time": row.time or iso(now),
+            }
+            if status != Status.ERROR.value:
+                self._last_success = now
+
+    def set_queue_depth(self, n: int) -> None:
+        with self._lock:
+            self._queue_depth = n
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state file's content: everything `status` prints and the metrics are made of."""
+        with self._lock:
+            self._roll_day()
+            return {
+                "schema": STATE_SCHEMA,
+                "version": __version__,
+                "pid": self.pid,
+                "host": self.host,
+                "started": iso(self.started),
+                "updated": iso(time.time()),
+                "model_id": self.model_id,
+                "queue_depth": self._queue_depth,
+                "counts": {
+                    "today": {"date": self._day, **self._day_counts},
+                    "total": dict(self._total_counts),
+                },
+                "last_file": self._last_file,
+                "last_success": iso(self._last_success) if self._last_success else None,
+                "latency_seconds": {
+                    "le": list(LATENCY_BUCKETS),
+                    "counts": list(self._buckets),
+                    "sum": self._latency_sum,
+                },
+            }
+
+    def write(self) -> None:
+        """Rewrite the state file and the textfile, each atomically (readers never see half)."""
+        with self._write_lock:
+            state = self.snapshot()
+            # The state is readable by the service's group (operators); metrics by anyone,
+            # since node_exporter runs as its own user.
+            atomic_write(self.state_file, json.dumps(state, indent=2) + "\n", mode=0o640)
+            if self.textfile is not None:
+                atomic_write(self.textfile, prometheus_text(state), mode=0o644)
+
+
+def atomic_write(path: Path, text: str, mode: int) -> None:
+    """Write to a temporary file in the same folder, fsync it, and rename it over `path`.
+
+    The temporary name does not end in `.prom`, so node_exporter never reads a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def label(value: str) -> str:
+    """Escape a label value as the Prometheus text format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def prometheus_text(state: dict[str, Any]) -> str:
+    """The state in Prometheus text exposition format (version 0.0.4)."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        """`samples` pairs what follows the name (suffix and labels) with the value."""
+        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+        lines.extend(f"{name}{series} {number(value)}" for series, value in samples)
+
+    total = state["counts"]["total"]
+    metric(
+        "digit_inbox_files_total",
+        "counter",
+        "Files processed since the daemon started, by result status.",
+        [(f'{{status="{s}"}}', total[s]) for s in STATUSES],
+    )
+    metric(
+        "digit_inbox_queue_depth",
+        "gauge",
+        "Files waiting in the inbox to be processed.",
+        [("", state["queue_depth"])],
+    )
+    latency = state["latency_seconds"]
+    cumulative, samples = 0, []
+    for le, count in zip([*latency["le"], "+Inf"], latency["counts"], strict=True):
+        cumulative += count
+        samples.append((f'_bucket{{le="{le}"}}', cumulative))
+    samples += [("_sum", latency["sum"]), ("_count", cumulative)]
+    metric(
+        "digit_inbox_processing_seconds",
+        "histogram",
+        "Time from noticing a file to its report row being written.",
+        samples,
+    )
+    if state["last_success"]:
+        metric(
+            "digit_inbox_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time the last file was read without an error.",
+            [("", epoch(state["last_success"]))],
+        )
+    metric(
+        "digit_inbox_model_info",
+        "gauge",
+        "The model classifying the digits (always 1).",
+        [(f'{{model_id="{label(state["model_id"])}",version="{label(state["version"])}"}}', 1)],
+    )
+    metric(
+        "digit_inbox_start_time_seconds",
+        "gauge",
+        "Unix time the daemon started.",
+        [("", epoch(state["started"]))],
+    )
+    return "\n".join(lines) + "\n"
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RuntimeFault(
+            f"{path}: no state file, so the daemon has not run with this config; start it "
+            "(`systemctl start digit-inbox`) or pass the config it runs with (--config)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise RuntimeFault(
+            f"{path}: cannot read the state file ({exc}); run `digit-inbox status` as a member "
+            "of the daemon's group, or restart the daemon to rewrite it"
+        ) from exc
+    return state
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it just belongs to another user
+    return True
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def problem(state: dict[str, Any], now: float, stale_after: float) -> str | None:
+    """Why the daemon behind `state` is not running, or None if it looks alive."""
+    if state["host"] == socket.gethostname() and not pid_alive(state["pid"]):
+        return (
+            f"the daemon (pid {state['pid']}) is not running; see why with "
+            "`journalctl -u digit-inbox`, start it with `systemctl start digit-inbox`"
+        )
+    age = now - epoch(state["updated"])
+    if age > stale_after:
+        return (
+            f"the state file was last updated {duration(age)} ago (expected every "
+            f"{duration(stale_after / STALE_INTERVALS)}): the daemon is hung or stopped; "
+            "check `systemctl status digit-inbox`"
+        )
+    return None
+
+
+def describe(state: dict[str, Any], now: float) -> str:
+    """The state as `digit-inbox status` prints it."""
+
+    def counts(c: dict[str, int]) -> str:
+        return ", ".join(f"{c.get(s, 0)} {s}" for s in STATUSES)
+
+    day, last = state["counts"]["today"], state["last_file"]
+    last_text = "none yet"
+    if last:
+        digit = f" digit {last['digit']}" if last["digit"] else ""
+        last_text = f"{last['name']}: {last['status']}{digit} at {last['time']}"
+    rows = [
+        ("daemon", f"pid {state['pid']} on {state['host']}, digit-inbox {state['version']}"),
+        ("uptime", f"{duration(now - epoch(state['started']))} (since {state['started']})"),
+        ("model", state["model_id"]),
+        ("queue", f"{state['queue_depth']} file(s) waiting"),
+        (f"today {day['date']}", counts(day)),
+        ("since start", counts(state["counts"]["total"])),
+        ("last file", last_text),
+        ("updated", f"{duration(now - epoch(state['updated']))} ago"),
+    ]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def print_status(config_path: Path) -> int:
+    """`digit-inbox status`: print the running daemon's state; non-zero if it is not running."""
+    from digit_inbox.daemon import config
+
+    cfg = config.load(config_path)
+    state = read_state(cfg.status_file)
+    now = time.time()
+    print(describe(state, now))
+    why = problem(state, now, STALE_INTERVALS * cfg.metrics.interval_seconds)
+    if why:
+        log.error("%s", why)
+        return int(ExitCode.RUNTIME)
+    return int(ExitCode.OK)
