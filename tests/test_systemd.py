@@ -1,0 +1,182 @@
+"""Service packaging: units systemd accepts, a sandbox the daemon works in, the installer."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMD = REPO / "systemd"
+UNITS = ["digit-inbox.service", "digit-inbox@.service"]
+# systemd's own units (sysinit.target and friends), which `verify --root` needs beside ours.
+SYSTEM_UNITS = next(
+    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
+    None,
+)
+MAX_EXPOSURE = 2.0
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    return path
+
+
+def fake_root(tmp_path: Path, units: dict[str, str]) -> Path:
+    """A file system root with systemd's units, ours, and an executable /opt/.../digit-inbox."""
+    assert SYSTEM_UNITS is not None, "systemd-analyze is installed but its units are not"
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for name, text in units.items():
+        (root / "etc/systemd/system" / name).write_text(text)
+    program = root / "opt/digit-inbox/bin/digit-inbox"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    return root
+
+
+def verify(systemd_analyze: str, root: Path, *units: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [systemd_analyze, "verify", f"--root={root}", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def shipped_units() -> dict[str, str]:
+    return {name: (SYSTEMD / name).read_text() for name in UNITS}
+
+
+# --- The units ------------------------------------------------------------------------------
+
+
+def test_the_units_verify_without_a_single_warning(systemd_analyze, tmp_path):
+    root = fake_root(tmp_path, shipped_units())
+    result = verify(systemd_analyze, root, "digit-inbox.service", "digit-inbox@lab.service")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+def test_verify_would_catch_a_typo_and_a_missing_program(systemd_analyze, tmp_path):
+    """The check above is only worth something if verify complains under the same root."""
+    unit = shipped_units()["digit-inbox.service"].replace("NoNewPrivileges=", "NoNewPrivilege=")
+    root = fake_root(tmp_path, {"digit-inbox.service": unit})
+    assert (
+        "Unknown key 'NoNewPrivilege'"
+        in verify(systemd_analyze, root, "digit-inbox.service").stderr
+    )
+    (root / "opt/digit-inbox/bin/digit-inbox").unlink()
+    result = verify(systemd_analyze, root, "digit-inbox.service")
+    assert result.returncode != 0
+    assert "/opt/digit-inbox/bin/digit-inbox is not executable" in result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_sandbox_exposure_is_at_most_2(systemd_analyze, unit):
+    result = subprocess.run(
+        [systemd_analyze, "security", "--offline=yes", str(SYSTEMD / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match[1]) <= MAX_EXPOSURE, result.stdout
+
+
+def settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_template_is_the_main_unit_with_per_instance_paths():
+    """One hardening change must reach both units; only names and paths may differ."""
+    template = (SYSTEMD / "digit-inbox@.service").read_text()
+    as_main = (
+        template.replace("/etc/digit-inbox/%i.yaml", "/etc/digit-inbox/config.yaml")
+        .replace("/%i", "")
+        .replace("@%i", "")
+        .replace("digit-inbox %i:", "digit-inbox:")
+    )
+    assert "%i" in template
+    assert settings(as_main) == settings((SYSTEMD / "digit-inbox.service").read_text())
+
+
+# --- What the sandbox forbids, tried on the daemon's own work ---------------------------------
+
+# The daemon's imports and one inference, plus a folder watch: everything the service does.
+WORKLOAD = """
+import tempfile, numpy as np
+from PIL import Image
+from watchdog.observers import Observer
+from watchdog.events import FileSystemEventHandler
+from digit_inbox.daemon.classifier import Classifier
+folder = tempfile.mkdtemp()
+Image.new("L", (64, 64), 255).save(folder + "/scan.png")
+Image.open(folder + "/scan.png").convert("L").resize((28, 28)).load()
+observer = Observer()
+observer.schedule(FileSystemEventHandler(), folder)
+observer.start(); observer.stop(); observer.join()
+probs = Classifier().session.run(None, {"image": np.zeros((4, 1, 28, 28), np.float32)})[0]
+assert probs.shape == (4, 10), probs.shape
+print("workload ok")
+"""
+
+# A user, mount and pid namespace of our own, where we may mount a /proc like systemd's.
+UNSHARE = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork"]
+
+MDWE = """
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    raise SystemExit(77)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+except PermissionError:
+    pass
+else:
+    raise SystemExit("PR_SET_MDWE did not refuse a writable and executable mapping")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="MemoryDenyWriteExecute is Linux only")
+def test_the_daemon_works_when_writable_memory_can_never_become_executable():
+    """MemoryDenyWriteExecute=yes: onnxruntime must not JIT, Python must not need W+X pages."""
+    result = subprocess.run(
+        [sys.executable, "-c", MDWE + WORKLOAD], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert result.returncode == 0, result.stderr
+    assert "workload ok" in result.stdout
+
+
+def test_the_daemon_works_with_a_proc_that_shows_processes_only(tmp_path):
+    """ProtectProc=invisible + ProcSubset=pid: no /proc/cpuinfo, and inference still runs."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    command = (
+        "mount -t proc -o subset=pid,hidepid=invisible proc /proc || exit 77; "
+        'test ! -e /proc/cpuinfo || exit 78; exec "$0" "$1"'
+    )
+    result = subprocess.run(
+        [*UNSHARE, "sh", "-c", command, sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode == 77 or "unshare failed" in result.stderr:
+        pytest.skip(f"cannot mount a restricted /proc here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert "workload ok" in result.stdout
