@@ -1,0 +1,143 @@
+"""Daily CSV reports: `reports/YYYY-MM-DD.csv`, appended one batch at a time, never torn.
+
+A report is only ever appended to, under an exclusive `flock` (two daemons may share a reports
+folder), and each append is fsynced before the journal moves on. A crash mid-append can leave a
+torn last line; the next writer cuts it back to the last complete line before appending, so a
+spreadsheet never sees half a row and the journal's recovery finds every line whole or absent.
+The header is written once, when the file is empty. Lines come from `rows.format_rows`, so the
+columns and their formula neutralisation are the same as `digit-inbox classify`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+
+from digit_inbox.daemon import rows
+
+log = logging.getLogger(__name__)
+
+ENCODING = "utf-8"
+# How far back to look for the last complete line when cutting a torn one.
+CHUNK = 64 * 1024
+
+
+def path_for(reports: Path, day: date) -> Path:
+    return reports / f"{day.isoformat()}.csv"
+
+
+def encode_line(row: rows.Row) -> bytes:
+    """One row as the exact bytes appended; names with undecodable bytes show them escaped."""
+    return rows.format_rows([row]).encode(ENCODING, "backslashreplace")
+
+
+def header() -> bytes:
+    return rows.header_line().encode(ENCODING)
+
+
+class Report:
+    """One report file, opened for appending and locked exclusively until closed.
+
+    On open a torn last line is cut, so `size` is where the next line will start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        created = not path.exists()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            if created:
+                fsync_dir(path.parent)
+            self.size = self._cut_torn_line()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> Report:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # also releases the lock
+            self.fd = -1
+
+    def _cut_torn_line(self) -> int:
+        size = os.fstat(self.fd).st_size
+        if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - CHUNK)
+            chunk = os.pread(self.fd, end - start, start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        log.warning(
+            "%s: cut a torn last line (%d bytes) left by an interrupted write",
+            self.path,
+            size - end,
+        )
+        os.ftruncate(self.fd, end)
+        os.fsync(self.fd)
+        return end
+
+    def missing(self, lines: Iterable[bytes], since: int) -> list[bytes]:
+        """The lines not already in the report at or after byte `since` (for recovery)."""
+        lines = list(lines)
+        if not lines:
+            return []
+        present = set(self.read_from(since).splitlines(keepends=True))
+        return [line for line in lines if line not in present]
+
+    def read_from(self, offset: int) -> bytes:
+        offset = min(max(offset, 0), self.size)
+        chunks = []
+        while offset < self.size:
+            chunk = os.pread(self.fd, min(CHUNK * 16, self.size - offset), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def append(self, lines: Iterable[bytes]) -> None:
+        """Append the lines (and the header first if the file is empty), then fsync."""
+        data = b"".join(lines)
+        if not data:
+            return
+        if self.size == 0:
+            data = header() + data
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        os.fsync(self.fd)
+        self.size += len(data)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a new or removed name in `folder` durable (not just the file's bytes)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return  # some filesystems refuse; the data is still written
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # fsync on a folder is unsupported
+            raise
+    finally:
+        os.close(fd)
