@@ -412,6 +412,29 @@ def binarise(page: Image.Image, inverted: bool) -> Image.Image:
     return Image.fromarray(bright)
 
 
+def with_transparency(page: Image.Image, rng: np.random.Generator, tags: list[str]) -> Image.Image:
+    """RGBA with real transparency, black under fully transparent pixels as many tools write it
+    (so a reader that drops alpha sees black there).
+
+    A cut-out (ink opaque, paper transparent) or, as a deskewed or cropped photo is exported,
+    the page inside a transparent margin. An inverted page is never cut out: white ink on
+    nothing has no right answer.
+    """
+    if "polarity:inverted" not in tags and rng.random() < 0.5:
+        alpha = ImageOps.invert(page.convert("L"))
+        rgba = page.convert("RGBA")
+        rgba.putalpha(alpha)
+        black = Image.new("RGBA", page.size, (0, 0, 0, 0))
+        tags.append("alpha:cutout")
+        return Image.composite(rgba, black, alpha.point(lambda v: 255 if v > 0 else 0))
+    w, h = page.size
+    left, top, right, bottom = (round(rng.uniform(0.01, 0.05) * min(w, h)) + 1 for _ in range(4))
+    canvas = Image.new("RGBA", (w + left + right, h + top + bottom), (0, 0, 0, 0))
+    canvas.paste(page, (left, top))
+    tags.append("alpha:margin")
+    return canvas
+
+
 def to_mode(page: Image.Image, mode: str, rng: np.random.Generator, tags: list[str]) -> Image.Image:
     if mode == "1":
         return binarise(page, "polarity:inverted" in tags)
@@ -420,16 +443,7 @@ def to_mode(page: Image.Image, mode: str, rng: np.random.Generator, tags: list[s
     if mode == "P":
         return page.quantize(colors=int(rng.integers(8, 257)))
     if mode == "RGBA":
-        rgba = page.convert("RGBA")
-        if "polarity:inverted" not in tags and rng.random() < 0.5:
-            # A cut-out: ink opaque, paper transparent, and (as many tools write it) black
-            # under the fully transparent pixels, so ignoring alpha shows black on black.
-            alpha = ImageOps.invert(page.convert("L"))
-            black = Image.new("RGBA", page.size, (0, 0, 0, 0))
-            rgba.putalpha(alpha)
-            rgba = Image.composite(rgba, black, alpha.point(lambda v: 255 if v > 0 else 0))
-            tags.append("alpha:transparent")
-        return rgba
+        return with_transparency(page, rng, tags)
     return page.convert(mode)
 
 
