@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 import shutil
 import subprocess
@@ -113,9 +114,10 @@ def test_the_template_is_the_main_unit_with_per_instance_paths():
 
 # --- What the sandbox forbids, tried on the daemon's own work ---------------------------------
 
-# The daemon's imports and one inference, plus a folder watch: everything the service does.
+# What the service does: its imports, a folder watch, a WAL journal, hard links and renames, a
+# decode and an inference.
 WORKLOAD = """
-import tempfile, numpy as np
+import os, sqlite3, tempfile, numpy as np
 from PIL import Image
 from watchdog.observers import Observer
 from watchdog.events import FileSystemEventHandler
@@ -126,6 +128,12 @@ Image.open(folder + "/scan.png").convert("L").resize((28, 28)).load()
 observer = Observer()
 observer.schedule(FileSystemEventHandler(), folder)
 observer.start(); observer.stop(); observer.join()
+journal = sqlite3.connect(folder + "/journal.sqlite3")
+journal.execute("pragma journal_mode=wal"); journal.execute("pragma synchronous=full")
+with journal:
+    journal.execute("create table files (name text)")
+os.link(folder + "/scan.png", folder + "/filed.png")
+os.rename(folder + "/filed.png", folder + "/7.png")
 probs = Classifier().session.run(None, {"image": np.zeros((4, 1, 28, 28), np.float32)})[0]
 assert probs.shape == (4, 10), probs.shape
 print("workload ok")
@@ -180,3 +188,93 @@ def test_the_daemon_works_with_a_proc_that_shows_processes_only(tmp_path):
         pytest.skip(f"cannot mount a restricted /proc here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     assert "workload ok" in result.stdout
+
+
+# systemd's SystemCallFilter= and (on systemd < 254) MemoryDenyWriteExecute= are seccomp filters;
+# this one is built the same way from the unit's own lines: allowed calls pass, any other call,
+# any mprotect() adding PROT_EXEC and any mmap() both writable and executable fail with EPERM.
+SECCOMP = """
+import ctypes, os, struct, sys
+ALLOW, EPERM = 0x7FFF0000, 0x00050001
+LD, JEQ, JGE, JSET, AND, RET = 0x20, 0x15, 0x35, 0x45, 0x54, 0x06
+W, X = 2, 4
+prog = [(LD, 0, 0, 4), (JEQ, 1, 0, 0xC000003E), (RET, 0, 0, EPERM),  # x86-64 only
+        (LD, 0, 0, 0), (JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # no x32 calls
+for nr in (10, 329):  # mprotect, pkey_mprotect: never PROT_EXEC (arg 2 at offset 32)
+    prog += [(JEQ, 0, 4, nr), (LD, 0, 0, 32), (JSET, 0, 1, X), (RET, 0, 0, EPERM),
+             (RET, 0, 0, ALLOW)]
+prog += [(JEQ, 0, 5, 9), (LD, 0, 0, 32), (AND, 0, 0, W | X), (JEQ, 0, 1, W | X),  # mmap
+         (RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
+for nr in map(int, sys.argv[1].split(",")):
+    prog += [(JEQ, 0, 1, nr), (RET, 0, 0, ALLOW)]
+prog.append((RET, 0, 0, EPERM))
+code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+program = Program(len(prog), ctypes.addressof(code))
+assert libc.prctl(22, 2, ctypes.byref(program), 0, 0) == 0, os.strerror(ctypes.get_errno())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# What the filter must refuse, so a passing workload means something.
+REFUSED = """
+import mmap, os
+for name, call in [("sched_setaffinity", lambda: os.sched_setaffinity(0, {0})),
+                   ("W+X mmap", lambda: mmap.mmap(-1, 4096, prot=7))]:
+    try:
+        call()
+    except PermissionError:
+        continue
+    raise SystemExit(f"the filter let {name} through")
+print("refused ok")
+"""
+
+
+def syscall_groups(systemd_analyze: str, group: str) -> set[str]:
+    """The system call names in `group` (e.g. @system-service), nested groups expanded."""
+    out = subprocess.run(
+        [systemd_analyze, "syscall-filter", group], capture_output=True, text=True, check=True
+    ).stdout
+    names: set[str] = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if item and not item.startswith("#"):
+            names |= syscall_groups(systemd_analyze, item) if item.startswith("@") else {item}
+    return names
+
+
+def allowed_syscalls(systemd_analyze: str, unit: str) -> set[str]:
+    """SystemCallFilter= lines in order: an allow list, then `~` lines taking calls away."""
+    allowed: set[str] = set()
+    for line in unit.splitlines():
+        if line.startswith("SystemCallFilter="):
+            value = line.split("=", 1)[1]
+            deny = value.startswith("~")
+            names: set[str] = set()
+            for item in value.lstrip("~").split():
+                names |= syscall_groups(systemd_analyze, item) if item[0] == "@" else {item}
+            allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_the_daemon_works_under_the_units_system_call_filter(systemd_analyze, tmp_path):
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if platform.machine() != "x86_64" or not header.is_file():
+        pytest.skip("needs x86-64 and its system call numbers (apt-get install linux-libc-dev)")
+    numbers = dict(re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
+    allowed = allowed_syscalls(systemd_analyze, (SYSTEMD / "digit-inbox.service").read_text())
+    assert "read" in allowed and "mbind" not in allowed  # @system-service minus @resources
+    argument = ",".join(sorted(numbers[name] for name in allowed if name in numbers))
+    for code in (REFUSED, WORKLOAD):
+        script = tmp_path / "script.py"
+        script.write_text(code)
+        result = subprocess.run(
+            [sys.executable, "-c", SECCOMP, argument, sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert " ok" in result.stdout
