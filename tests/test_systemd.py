@@ -128,6 +128,7 @@ Image.open(folder + "/scan.png").convert("L").resize((28, 28)).load()
 observer = Observer()
 observer.schedule(FileSystemEventHandler(), folder)
 observer.start(); observer.stop(); observer.join()
+assert " / " in open("/proc/self/mountinfo").read()  # how the watcher tells NFS from local disks
 journal = sqlite3.connect(folder + "/journal.sqlite3")
 journal.execute("pragma journal_mode=wal"); journal.execute("pragma synchronous=full")
 with journal:
