@@ -351,10 +351,14 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
         raise ConfigError([message], source=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read {path}: {exc}"], source=str(path)) from None
-    loader = UniqueKeyLoader(text)
-    loader.duplicates = []
+    duplicates: list[str] = []
     try:
-        document = loader.get_single_data()
+        loader = UniqueKeyLoader(text)
+        loader.duplicates = duplicates
+        try:
+            document = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -362,9 +366,7 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
         raise ConfigError([f"YAML syntax error at {where}: {what}"], source=str(path)) from None
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(path)) from None
-    finally:
-        loader.dispose()
-    return document, loader.duplicates
+    return document, duplicates
 
 
 # --- Validation.

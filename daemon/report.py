@@ -10,8 +10,10 @@ columns and their formula neutralisation are the same as `digit-inbox classify`.
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
+import io
 import logging
 import os
 from collections.abc import Iterable
@@ -38,6 +40,15 @@ def encode_line(row: rows.Row) -> bytes:
 
 def header() -> bytes:
     return rows.header_line().encode(ENCODING)
+
+
+def replace_cell(line: bytes, column: str, value: str) -> bytes:
+    """`line` with one column's cell replaced; the other cells stay byte for byte the same."""
+    cells = next(csv.reader(io.StringIO(line.decode(ENCODING, "surrogateescape"))))
+    cells[rows.COLUMNS.index(column)] = rows.neutralise(value)
+    buffer = io.StringIO()
+    rows.writer(buffer).writerow(cells)
+    return buffer.getvalue().encode(ENCODING, "surrogateescape")
 
 
 class Report:

@@ -87,27 +87,38 @@ def is_remote(fstype: str) -> bool:
     return fstype in REMOTE_FILESYSTEMS or fstype.startswith("fuse")
 
 
-def choose_observer(watch: config.Watch, inbox: Path) -> tuple[BaseObserver, str]:
-    """The observer for `inbox`, and why it was chosen (for the log)."""
-    from watchdog.observers.polling import PollingObserver
-
+def choose_observer(watch: config.Watch, inbox: Path) -> tuple[str, str]:
+    """ "inotify" or "polling" for `inbox`, and why (for the log)."""
     interval = watch.polling_interval_seconds
     if watch.observer == "polling":
-        return PollingObserver(timeout=interval), "polling (watch.observer: polling)"
+        return "polling", f"polling every {interval:g} s (watch.observer: polling)"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             point, fstype = mount_of(inbox, f.read())
     except OSError:
         point, fstype = "?", "unknown"
     if watch.observer == "auto" and is_remote(fstype):
-        reason = f"polling every {interval:g} s: the inbox is on {fstype} ({point}), where "
-        reason += "inotify misses changes made by other machines"
-        return PollingObserver(timeout=interval), reason
-    try:
-        from watchdog.observers.inotify import InotifyObserver
-    except Exception as exc:  # not Linux, or no inotify in this libc
-        return PollingObserver(timeout=interval), f"polling: inotify unavailable ({exc})"
-    return InotifyObserver(generate_full_events=True), f"inotify ({fstype} at {point})"
+        return "polling", (
+            f"polling every {interval:g} s: the inbox is on {fstype} ({point}), where inotify "
+            "misses changes made by other machines"
+        )
+    return "inotify", f"inotify ({fstype} at {point})"
+
+
+def make_observer(kind: str, watch: config.Watch) -> tuple[BaseObserver, str]:
+    """A new observer of `kind`; polling instead, with the reason, if inotify is unavailable."""
+    from watchdog.observers.polling import PollingObserver
+
+    if kind == "inotify":
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            # Full events: a file moved in from outside is a move (fast), not a creation.
+            return InotifyObserver(generate_full_events=True), ""
+        except Exception as exc:  # not Linux, or no inotify in this libc
+            reason = f"polling: inotify is unavailable ({exc})"
+            return PollingObserver(timeout=watch.polling_interval_seconds), reason
+    return PollingObserver(timeout=watch.polling_interval_seconds), ""
 
 
 # --- Pending paths.
@@ -328,21 +339,20 @@ class InboxHandler(FileSystemEventHandler):
 
 
 class Watcher:
-    """The observer on the inbox plus the rescans; a context manager that always joins it."""
+    """The observer on the inbox, its pending set and the rescans; a context manager that always
+    stops and joins the observer's threads."""
 
-    def __init__(self, cfg: config.Config, pending: Pending, triage: Triage) -> None:
+    def __init__(self, cfg: config.Config, triage: Triage) -> None:
         self.cfg = cfg
         self.inbox = cfg.paths.inbox
-        self.pending = pending
         self.triage = triage
-        self.observer, self.reason = choose_observer(cfg.watch, self.inbox)
+        self.kind, self.reason = choose_observer(cfg.watch, self.inbox)
+        # Only a local disk's mtimes come from this host's clock and can stand for settling.
+        self.pending = Pending(cfg.watch, trust_mtime=self.kind == "inotify")
         self.inbox_id = self._inbox_id()
+        self.observer: BaseObserver | None = None
         self.gone = False
         self.last_scan = 0.0
-
-    @property
-    def polling(self) -> bool:
-        return self.reason.startswith("polling")
 
     def _inbox_id(self) -> tuple[int, int]:
         try:
@@ -359,15 +369,27 @@ class Watcher:
         self.pending.wake()
 
     def __enter__(self) -> Watcher:
+        observer, fallback = make_observer(self.kind, self.cfg.watch)
+        self.observer = observer
+        if fallback:
+            self.kind, self.reason = "polling", fallback
+            self.pending.trust_mtime = False
         handler = InboxHandler(self.pending, self.triage, self._inbox_gone)
-        self.observer.schedule(handler, str(self.inbox), recursive=True, event_filter=EVENTS)
-        self.observer.start()
+        try:
+            observer.schedule(handler, str(self.inbox), recursive=True, event_filter=EVENTS)
+            observer.start()
+        except BaseException:
+            self.__exit__()
+            raise
         log.info("watching %s with %s", self.inbox, self.reason)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=10)
+        if self.observer is not None:
+            self.observer.stop()
+            if self.observer.is_alive():
+                self.observer.join(timeout=10)
+            self.observer = None
 
     def rescan(self) -> int:
         """Add everything in the inbox to the pending set (oldest first); how many were found."""
@@ -383,9 +405,10 @@ class Watcher:
             raise RuntimeFault(
                 f"the inbox {self.inbox} was removed or replaced; restarting to watch it again"
             )
-        dead = not self.observer.is_alive() or any(
-            not emitter.is_alive() for emitter in self.observer.emitters
-        )
+        observer = self.observer
+        dead = observer is None or not observer.is_alive()
+        if observer is not None and not dead:
+            dead = any(not emitter.is_alive() for emitter in observer.emitters)
         if dead:
             raise RuntimeFault(
                 f"the watcher thread on {self.inbox} stopped; restarting to watch it again"
