@@ -169,7 +169,7 @@ instance="" uninstall=""
 while [ $# -gt 0 ]; do
     case $1 in
     --instance)
-        [ $# -ge 2 ] || usage 2
+        [ $# -ge 2 ] && [ -n "$2" ] || usage 2
         instance=$2
         shift 2
         ;;

@@ -378,3 +378,81 @@ def test_status_without_a_state_file_exits_with_the_runtime_code(tmp_path, caplo
     config = write_config(tmp_path)
     assert cli.main(["status", "--config", str(config)]) == health.ExitCode.RUNTIME
     assert "no state file" in caplog.text
+
+
+# --- End to end: the daemon's metrics against the rows it wrote ---------------------------------
+
+
+def scan_files(inbox: Path) -> int:
+    """A drawn stroke, a blank page and a corrupt file: several statuses in one run."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(page).line([(100, 30), (100, 170)], fill=0, width=14)
+    page.save(inbox / "stroke.png")
+    Image.new("L", (200, 200), 255).save(inbox / "blank.png")
+    (inbox / "corrupt.png").write_bytes(b"bad bytes, not a PNG")
+    return 3
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def csv_statuses(reports: Path) -> dict[str, int]:
+    counts = dict.fromkeys(health.STATUSES, 0)
+    for report in reports.glob("*.csv"):
+        for line in csv.DictReader(io.StringIO(report.read_text())):
+            counts[line["status"]] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_the_daemons_counters_match_the_csv_rows_it_wrote(tmp_path):
+    inbox, textfile = tmp_path / "inbox", tmp_path / "state" / "digit-inbox.prom"
+    inbox.mkdir()
+    expected = scan_files(inbox)
+    folders = ("inbox", "outbox", "review", "failed", "reports", "state")
+    settings = {
+        "paths": {name: str(tmp_path / name) for name in folders},
+        "watch": {"settle_seconds": 0.2},
+        "recognition": {"workers": 1},
+        "metrics": {"textfile": str(textfile), "interval_seconds": 1},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(settings))  # JSON is YAML
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "digit_inbox.daemon",
+            "run",
+            "--config",
+            str(tmp_path / "config.yaml"),
+        ],
+        env={**os.environ, "NOTIFY_SOCKET": ""},
+        stderr=subprocess.PIPE,
+    )
+
+    def files_counted() -> float:
+        if not textfile.exists():
+            return 0
+        _, samples = parse_prometheus(textfile.read_text())
+        return value(samples, "digit_inbox_processing_seconds_count")
+
+    try:
+        wait_until(lambda: files_counted() == expected or daemon.poll() is not None, 60, "rows")
+        assert daemon.poll() is None, daemon.communicate()[1].decode()
+        _, samples = parse_prometheus(textfile.read_text())
+        from_csv = csv_statuses(tmp_path / "reports")
+        assert sum(from_csv.values()) == expected
+        assert {
+            s: value(samples, "digit_inbox_files_total", status=s) for s in from_csv
+        } == from_csv
+        today = read_json(tmp_path / "state" / "status.json")["counts"]["today"]
+        assert {s: today[s] for s in from_csv} == from_csv
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=30)

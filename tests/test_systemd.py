@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from digit_inbox.daemon import config
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -279,3 +284,159 @@ def test_the_daemon_works_under_the_units_system_call_filter(systemd_analyze, tm
         )
         assert result.returncode == 0, result.stderr
         assert " ok" in result.stdout
+
+
+# --- The installer ----------------------------------------------------------------------------
+
+TEST_ENV = {"DIGIT_INBOX_SKIP_USER": "1", "DIGIT_INBOX_SKIP_VENV": "1", "PYTHON": sys.executable}
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """install.sh under POSIX sh into the throwaway `root`, without user or virtualenv."""
+    return subprocess.run(
+        ["sh", str(SYSTEMD / "install.sh"), *args],
+        env={**os.environ, **TEST_ENV, "DESTDIR": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def snapshot(root: Path) -> dict[Path, tuple[int, bytes | None]]:
+    """Every path under `root` with its mode and, for files, content."""
+    return {
+        p: (p.lstat().st_mode, p.read_bytes() if p.is_file() else None) for p in root.rglob("*")
+    }
+
+
+def test_install_creates_folders_config_and_units_and_a_second_run_changes_nothing(tmp_path):
+    root = tmp_path / "root"
+    first = install(root)
+    assert first.returncode == 0, first.stderr
+    data = root / "srv/digit-inbox"
+    for folder in ("inbox", "outbox", "failed", "review", "reports"):
+        assert mode(data / folder) == 0o2770, folder  # setgid, group-writable, private
+    for unit in UNITS:
+        assert (root / "etc/systemd/system" / unit).read_text() == (SYSTEMD / unit).read_text()
+    config = root / "etc/digit-inbox/config.yaml"
+    assert mode(config) == 0o640
+    settings = yaml.safe_load(config.read_text())
+    assert settings["paths"]["inbox"] == "/srv/digit-inbox/inbox"
+    assert settings["paths"]["state"] == "/var/lib/digit-inbox"
+    assert settings["metrics"]["textfile"] == "/var/lib/digit-inbox/digit-inbox.prom"
+
+    config.write_text(config.read_text() + "# my own setting\n")
+    (data / "inbox/scan.png").write_bytes(b"not yet read")
+    before = snapshot(root)
+    second = install(root)
+    assert second.returncode == 0, second.stderr
+    assert "kept /etc/digit-inbox/config.yaml" in second.stdout
+    assert snapshot(root) == before
+
+
+def test_the_production_config_keeps_every_comment_and_loads(tmp_path):
+    root = tmp_path / "root"
+    assert install(root).returncode == 0
+    installed = (root / "etc/digit-inbox/config.yaml").read_text()
+    original = (REPO / "config.yaml").read_text()
+
+    def comments(text: str) -> list[str]:
+        return [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]
+
+    assert comments(installed) == comments(original)
+    # The daemon's own loader accepts it once the paths exist (here: under a throwaway root).
+    relocated = installed.replace("/srv/", f"{root}/srv/").replace("/var/", f"{root}/var/")
+    (tmp_path / "config.yaml").write_text(relocated)
+    cfg = config.load(tmp_path / "config.yaml")
+    assert cfg.paths.inbox == root / "srv/digit-inbox/inbox"
+
+
+def test_an_instance_gets_its_own_folders_config_and_state(tmp_path):
+    root = tmp_path / "root"
+    result = install(root, "--instance", "lab")
+    assert result.returncode == 0, result.stderr
+    assert "systemctl enable --now digit-inbox@lab" in result.stdout
+    assert mode(root / "srv/digit-inbox/lab/inbox") == 0o2770
+    settings = yaml.safe_load((root / "etc/digit-inbox/lab.yaml").read_text())
+    assert settings["paths"]["inbox"] == "/srv/digit-inbox/lab/inbox"
+    assert settings["paths"]["state"] == "/var/lib/digit-inbox/lab"
+    assert not (root / "srv/digit-inbox/inbox").exists()
+
+
+@pytest.mark.parametrize("name", ["a b", "../etc", "x-y", ""])
+def test_instance_names_that_could_escape_their_folders_are_refused(tmp_path, name):
+    result = install(tmp_path / "root", "--instance", name)
+    assert result.returncode != 0
+    assert not (tmp_path / "root").exists()
+
+
+def test_uninstall_removes_program_and_units_but_never_data_or_config(tmp_path):
+    root = tmp_path / "root"
+    assert install(root).returncode == 0
+    (root / "opt/digit-inbox/bin").mkdir(parents=True)  # as if the virtualenv were there
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir()
+    (wants / "digit-inbox.service").symlink_to("/etc/systemd/system/digit-inbox.service")
+    (root / "srv/digit-inbox/outbox/7").mkdir()
+    (root / "srv/digit-inbox/outbox/7/scan.png").write_bytes(b"filed")
+
+    result = install(root, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert not (root / "opt/digit-inbox").exists()
+    assert not any((root / "etc/systemd/system").rglob("digit-inbox*"))
+    assert (root / "srv/digit-inbox/outbox/7/scan.png").read_bytes() == b"filed"
+    assert (root / "etc/digit-inbox/config.yaml").is_file()
+    assert "kept your data" in result.stdout
+
+
+def test_install_without_destdir_or_root_refuses_with_a_hint():
+    if os.geteuid() == 0:
+        pytest.skip("runs as root here")
+    result = subprocess.run(["sh", str(SYSTEMD / "install.sh")], capture_output=True, text=True)
+    assert result.returncode != 0 and "root" in result.stderr
+
+
+# --- set_config.py, the config rewriter -------------------------------------------------------
+
+
+def set_config(text: str, *assignments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SYSTEMD / "set_config.py"), "/dev/stdin", *assignments],
+        input=text,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_set_config_replaces_values_and_keeps_comments_and_other_keys():
+    text = (
+        "# top\n"
+        "paths:\n"
+        "  # where scans arrive\n"
+        "  inbox: ./var/inbox   # relative\n"
+        "  outbox: './var/#out'\n"
+        "watch:\n"
+        "  inbox: not-this-one\n"
+    )
+    result = set_config(text, "paths.inbox=/srv/in", "paths.outbox=/srv/with space")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "# top\n"
+        "paths:\n"
+        "  # where scans arrive\n"
+        "  inbox: /srv/in  # relative\n"
+        '  outbox: "/srv/with space"\n'
+        "watch:\n"
+        "  inbox: not-this-one\n"
+    )
+    assert yaml.safe_load(result.stdout)["paths"]["outbox"] == "/srv/with space"
+
+
+def test_set_config_fails_on_a_key_the_config_does_not_have():
+    result = set_config("paths:\n  inbox: x\n", "paths.inbox=/a", "paths.nope=/b")
+    assert result.returncode != 0
+    assert "paths.nope" in result.stderr
