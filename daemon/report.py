@@ -34,8 +34,13 @@ def path_for(reports: Path, day: date) -> Path:
 
 
 def encode_line(row: rows.Row) -> bytes:
-    """One row as the exact bytes appended; names with undecodable bytes show them escaped."""
-    return rows.format_rows([row]).encode(ENCODING, "backslashreplace")
+    """One row as the exact bytes appended; bytes of a name that are not UTF-8 show as \\xNN."""
+    text = rows.format_rows([row])
+    try:
+        raw = text.encode(ENCODING, "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode(ENCODING, "backslashreplace")
+    return raw.decode(ENCODING, "backslashreplace").encode(ENCODING)
 
 
 def header() -> bytes:

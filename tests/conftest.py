@@ -120,8 +120,9 @@ class Folders:
     @classmethod
     def under(cls, root: Path) -> Folders:
         var = root / "var"
-        return cls(root, *(var / r for r in ("inbox", "outbox", "review", "failed", "reports",
-                                            "state")))  # fmt: skip
+        return cls(
+            root, *(var / r for r in ("inbox", "outbox", "review", "failed", "reports", "state"))
+        )
 
     def report_rows(self) -> list[dict[str, str]]:
         """Every row of every daily report, in file order."""

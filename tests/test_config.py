@@ -83,9 +83,18 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path):
     )
     text = "\n".join(problems)
     assert "paths.outbox: must be a string path, got int 3" in problems
-    for key in ("paths.bogus", "watch.settle_seconds", "watch.recursive", "watch.observer",
-                "recognition.batch_size", "recognition.model_sha256", "filing.layout",
-                "filing.duplicates", "log_level", "extra"):  # fmt: skip
+    for key in (
+        "paths.bogus",
+        "watch.settle_seconds",
+        "watch.recursive",
+        "watch.observer",
+        "recognition.batch_size",
+        "recognition.model_sha256",
+        "filing.layout",
+        "filing.duplicates",
+        "log_level",
+        "extra",
+    ):
         assert f"{key}:" in text, key
     assert len(problems) == 11
 
