@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import digit_png, drop, wait_until, write_config
 
 from digit_inbox.daemon import __version__, cli, health
 from digit_inbox.daemon.health import Health
@@ -346,16 +347,11 @@ def test_a_missing_state_file_says_how_to_start_the_daemon(tmp_path):
         health.read_state(tmp_path / "status.json")
 
 
-def write_config(tmp_path: Path) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text("paths:\n  state: ./state\nmetrics:\n  interval_seconds: 5\n")
-    return config
-
-
 def test_status_prints_the_running_daemon_and_exits_zero(tmp_path, capsys):
     config = write_config(tmp_path)
-    (tmp_path / "state").mkdir()
-    monitor = Health(tmp_path / "state" / "status.json", None, model_id="cnn-test")
+    state_file = tmp_path / "var" / "state" / "status.json"
+    state_file.parent.mkdir(parents=True)
+    monitor = Health(state_file, None, model_id="cnn-test")
     monitor.record(row("a.png", Status.OK, "7"), 0.01)
     monitor.write()
     assert health.print_status(config) == 0
@@ -365,9 +361,9 @@ def test_status_prints_the_running_daemon_and_exits_zero(tmp_path, capsys):
 
 def test_status_of_a_stopped_daemon_exits_non_zero_and_says_why(tmp_path, capsys, caplog):
     config = write_config(tmp_path)
-    (tmp_path / "state").mkdir()
-    Health(tmp_path / "state" / "status.json", None, model_id="cnn-test").write()
-    state_file = tmp_path / "state" / "status.json"
+    state_file = tmp_path / "var" / "state" / "status.json"
+    state_file.parent.mkdir(parents=True)
+    Health(state_file, None, model_id="cnn-test").write()
     state_file.write_text(json.dumps(read_json(state_file) | {"pid": dead_pid()}))
     assert health.print_status(config) == health.ExitCode.RUNTIME
     assert "cnn-test" in capsys.readouterr().out
@@ -383,76 +379,42 @@ def test_status_without_a_state_file_exits_with_the_runtime_code(tmp_path, caplo
 # --- End to end: the daemon's metrics against the rows it wrote ---------------------------------
 
 
-def scan_files(inbox: Path) -> int:
-    """A drawn stroke, a blank page and a corrupt file: several statuses in one run."""
-    from PIL import Image, ImageDraw
-
-    page = Image.new("L", (200, 200), 255)
-    ImageDraw.Draw(page).line([(100, 30), (100, 170)], fill=0, width=14)
-    page.save(inbox / "stroke.png")
-    Image.new("L", (200, 200), 255).save(inbox / "blank.png")
-    (inbox / "corrupt.png").write_bytes(b"bad bytes, not a PNG")
-    return 3
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def csv_statuses(reports: Path) -> dict[str, int]:
+def csv_statuses(rows: list[dict[str, str]]) -> dict[str, int]:
     counts = dict.fromkeys(health.STATUSES, 0)
-    for report in reports.glob("*.csv"):
-        for line in csv.DictReader(io.StringIO(report.read_text())):
-            counts[line["status"]] += 1
+    for line in rows:
+        counts[line["status"]] += 1
     return counts
 
 
 @pytest.mark.slow
-def test_the_daemons_counters_match_the_csv_rows_it_wrote(tmp_path):
-    inbox, textfile = tmp_path / "inbox", tmp_path / "state" / "digit-inbox.prom"
-    inbox.mkdir()
-    expected = scan_files(inbox)
-    folders = ("inbox", "outbox", "review", "failed", "reports", "state")
-    settings = {
-        "paths": {name: str(tmp_path / name) for name in folders},
-        "watch": {"settle_seconds": 0.2},
-        "recognition": {"workers": 1},
-        "metrics": {"textfile": str(textfile), "interval_seconds": 1},
+def test_the_daemons_counters_match_the_csv_rows_it_wrote(tmp_path, start_daemon):
+    from PIL import Image
+
+    blank = io.BytesIO()
+    Image.new("L", (120, 120), 255).save(blank, format="PNG")
+    scans = {
+        "seven.png": digit_png(0)[0],
+        "two.png": digit_png(1)[0],
+        "blank.png": blank.getvalue(),
+        "corrupt.png": b"not a PNG at all",
     }
-    (tmp_path / "config.yaml").write_text(json.dumps(settings))  # JSON is YAML
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "digit_inbox.daemon",
-            "run",
-            "--config",
-            str(tmp_path / "config.yaml"),
-        ],
-        env={**os.environ, "NOTIFY_SOCKET": ""},
-        stderr=subprocess.PIPE,
-    )
+    textfile = "./var/state/digit-inbox.prom"
+    daemon = start_daemon(write_config(tmp_path, metrics={"textfile": textfile}))
+    for name, data in scans.items():
+        drop(daemon.folders.inbox, name, data)
+    rows = daemon.wait_rows(len(scans))
 
-    def files_counted() -> float:
-        if not textfile.exists():
-            return 0
-        _, samples = parse_prometheus(textfile.read_text())
-        return value(samples, "digit_inbox_processing_seconds_count")
+    def metrics() -> dict | None:
+        if not (tmp_path / textfile).exists():
+            return None
+        _, samples = parse_prometheus((tmp_path / textfile).read_text())
+        done = value(samples, "digit_inbox_processing_seconds_count") == len(scans)
+        return samples if done else None
 
-    try:
-        wait_until(lambda: files_counted() == expected or daemon.poll() is not None, 60, "rows")
-        assert daemon.poll() is None, daemon.communicate()[1].decode()
-        _, samples = parse_prometheus(textfile.read_text())
-        from_csv = csv_statuses(tmp_path / "reports")
-        assert sum(from_csv.values()) == expected
-        assert {
-            s: value(samples, "digit_inbox_files_total", status=s) for s in from_csv
-        } == from_csv
-        today = read_json(tmp_path / "state" / "status.json")["counts"]["today"]
-        assert {s: today[s] for s in from_csv} == from_csv
-    finally:
-        daemon.terminate()
-        daemon.communicate(timeout=30)
+    samples = wait_until(metrics, what="the metrics to count every file")
+    from_csv = csv_statuses(rows)
+    assert {s: value(samples, "digit_inbox_files_total", status=s) for s in from_csv} == from_csv
+    assert from_csv["error"] >= 1 and from_csv["ok"] + from_csv["low_confidence"] >= 1
+    today = read_json(daemon.folders.state / "status.json")["counts"]["today"]
+    assert {s: today[s] for s in from_csv} == from_csv
+    assert daemon.stop() == 0

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from subprocess import Popen
 
@@ -165,43 +161,6 @@ class StandIn:
         return [t for t, message in self.messages if line in message and t >= since]
 
 
-def write_daemon_config(root: Path, **metrics: object) -> Path:
-    folders = {name: str(root / name) for name in ("inbox", "outbox", "review", "failed")}
-    folders |= {"reports": str(root / "reports"), "state": str(root / "state")}
-    config = {
-        "paths": folders,
-        "watch": {"settle_seconds": 0.2},
-        "recognition": {"workers": 1},
-        "metrics": {"interval_seconds": 1, **metrics},
-    }
-    path = root / "config.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
-
-
-@contextmanager
-def running_daemon(root: Path, env: dict[str, str], **metrics: object) -> Iterator[Popen[bytes]]:
-    """`digit-inbox run` in a subprocess; killed at the end if still running, its log on failure."""
-    config = write_daemon_config(root, **metrics)
-    log_file = root / "daemon.log"
-    with open(log_file, "wb") as log:
-        process = Popen(
-            [sys.executable, "-m", "digit_inbox.daemon", "run", "--config", str(config)],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    except BaseException:
-        print(log_file.read_text(errors="replace"))
-        raise
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
 @pytest.fixture
 def stand_in(tmp_path: Path) -> Iterator[StandIn]:
     receiver = StandIn(tmp_path / "notify")
@@ -215,52 +174,35 @@ def systemd_env(stand_in: StandIn) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_the_daemon_is_ready_after_its_scan_pings_while_running_and_says_when_it_stops(
-    tmp_path, stand_in
+    stand_in, start_daemon
 ):
-    (tmp_path / "inbox").mkdir()
-    with running_daemon(tmp_path, systemd_env(stand_in)) as daemon:
-        ready = stand_in.wait_for("READY=1", timeout=60, sender=daemon)
-        assert any(f"watching {tmp_path / 'inbox'}" in line for line in ready)
-        ready_at = stand_in.messages[-1][0]
-        with pytest.raises(AssertionError):
-            stand_in.wait_for("never sent", timeout=3, sender=daemon)  # listen for 3 s
-        pings = stand_in.times_of("WATCHDOG=1", since=ready_at)
-        assert len(pings) >= 4, pings
-        gaps = [b - a for a, b in zip([ready_at, *pings], pings, strict=False)]
-        assert max(gaps) < WATCHDOG_USEC / 1e6, gaps  # systemd would never have fired
-        assert min(gaps[1:]) > 0.1, gaps  # pings are paced, not spammed
+    daemon = start_daemon(wait=False, **systemd_env(stand_in))
+    ready = stand_in.wait_for("READY=1", timeout=60, sender=daemon.proc)
+    assert f"watching {daemon.folders.inbox}" in ready[-1]
+    ready_at = stand_in.messages[-1][0]
+    with pytest.raises(AssertionError):
+        stand_in.wait_for("never sent", timeout=3, sender=daemon.proc)  # listen for 3 s
+    pings = stand_in.times_of("WATCHDOG=1", since=ready_at)
+    assert len(pings) >= 4, pings
+    gaps = [b - a for a, b in zip([ready_at, *pings], pings, strict=False)]
+    assert max(gaps) < WATCHDOG_USEC / 1e6, gaps  # systemd would never have fired
+    assert min(gaps[1:]) > 0.1, gaps  # paced, not spammed
 
-        daemon.send_signal(signal.SIGTERM)
-        stand_in.wait_for("STOPPING=1", timeout=30)
-        assert daemon.wait(timeout=30) == 0
+    assert daemon.stop(signal.SIGTERM) == 0
+    stand_in.wait_for("STOPPING=1", timeout=5)
 
 
 @pytest.mark.slow
 def test_when_the_inbox_disappears_the_pings_stop_and_the_daemon_exits_for_a_restart(
-    tmp_path, stand_in
+    stand_in, start_daemon
 ):
-    (tmp_path / "inbox").mkdir()
-    with running_daemon(tmp_path, systemd_env(stand_in)) as daemon:
-        stand_in.wait_for("READY=1", timeout=60, sender=daemon)
-        stand_in.wait_for("WATCHDOG=1", timeout=5, sender=daemon)
-        shutil.rmtree(tmp_path / "inbox")
-        removed_at = time.monotonic()
-        stand_in.wait_for("STOPPING=1", timeout=30)
-        assert daemon.wait(timeout=30) == ExitCode.RUNTIME
-        # At most the ping of the loop turn already under way when the inbox went.
-        assert len(stand_in.times_of("WATCHDOG=1", since=removed_at)) <= 1
-    assert "removed or replaced" in (tmp_path / "daemon.log").read_text()
-
-
-@pytest.mark.slow
-def test_outside_systemd_the_daemon_runs_without_a_notify_socket(tmp_path):
-    (tmp_path / "inbox").mkdir()
-    env = {"NOTIFY_SOCKET": "", "WATCHDOG_USEC": ""}
-    with running_daemon(tmp_path, env) as daemon:
-        status = tmp_path / "state" / "status.json"
-        deadline = time.monotonic() + 60
-        while not status.exists() and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status.exists(), "the daemon never wrote its status"
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
+    daemon = start_daemon(wait=False, **systemd_env(stand_in))
+    stand_in.wait_for("READY=1", timeout=60, sender=daemon.proc)
+    stand_in.wait_for("WATCHDOG=1", timeout=5, sender=daemon.proc)
+    shutil.rmtree(daemon.folders.inbox)
+    removed_at = time.monotonic()
+    assert daemon.proc.wait(timeout=30) == ExitCode.RUNTIME
+    stand_in.wait_for("STOPPING=1", timeout=5)
+    # At most the ping of the loop turn already under way when the inbox went.
+    assert len(stand_in.times_of("WATCHDOG=1", since=removed_at)) <= 1
+    assert "removed or replaced" in daemon.log
