@@ -1,0 +1,284 @@
+"""Turn the bytes of one scan into pixels, or into a one-line reason why they can't be.
+
+Users drop whatever their scanner or phone makes, so every way a file can be bad ends as a
+`DecodeError` whose message names the problem; nothing here raises anything else for bad input.
+The bytes are read once: the sha256 in the report is of exactly the bytes that were classified.
+
+Pixels come back as uint8, (H, W) for grey or (H, W, 3) for colour (colour helps to find blue or
+red ink on tinted paper), paper bright and ink dark as on the page; alpha is composited onto
+white. uint8 rather than float keeps a 2,000 px page at 12 MB instead of 48 MB, and Pillow's C
+resizers work on it directly. Huge pages are reduced early to `WORK_PIXELS`, which still leaves
+a small digit on a big page enough pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import stat
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from digit_inbox.daemon.errors import DigitInboxError, ExitCode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 40_000_000
+WORK_PIXELS = 4_000_000  # pages are reduced to about this many pixels before anything else
+MIN_SIDE = 8  # smaller than this cannot hold a readable digit
+MAX_ASPECT = 100  # a strip longer than 100:1 is not a scan of one digit
+
+# Only the formats a scanner or phone produces: fewer parsers, less attack surface (and no EPS,
+# which would run Ghostscript). Camera JPEGs holding several pictures open as MPO via JPEG.
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DIB", "GIF", "WEBP")
+EXTENSIONS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+}
+SAME_FORMAT = {"MPO": "JPEG", "DIB": "BMP"}
+
+# Our own size check runs before any pixel is decoded; Pillow's warning would only repeat it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class DecodeError(DigitInboxError):
+    """A file that cannot be read as a scan; `reason` is the one-line text for the report."""
+
+    exit_code = ExitCode.FILES_FAILED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # uint8 (H, W) or (H, W, 3), maybe reduced from the file's size
+    width: int  # of the image as stored, after EXIF orientation
+    height: int
+    sha256: str
+    format: str
+    note: str = ""
+
+
+def read_bytes(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The file's bytes, refusing what is not a regular file or is too big to be a scan."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise DecodeError("file not found (was it moved or deleted?)") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot read the file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DecodeError("is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeError("not a regular file (a pipe or device?)")  # reading could block
+    max_bytes = max(64 << 20, 8 * max_pixels)  # uncompressed 16-bit RGBA at the pixel limit
+    if info.st_size > max_bytes:
+        raise DecodeError(
+            f"file is {info.st_size / 1e6:.0f} MB, more than any scan within the pixel limit "
+            f"({max_bytes / 1e6:.0f} MB)"
+        )
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise DecodeError(f"cannot read the file ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise DecodeError("file grew past the size limit while being read (still being written?)")
+    return data
+
+
+def decode(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Read and decode one file: see the module docstring. Raises only DecodeError."""
+    data = read_bytes(path, max_pixels)
+    return decode_bytes(data, path.suffix, max_pixels)
+
+
+def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    sha256 = hashlib.sha256(data).hexdigest()
+    # Pillow's own bomb check follows ours, so a larger --max-pixels is honoured and any other
+    # Pillow call in this process is protected too.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        im = Image.open(BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise DecodeError(sniff(data)) from None
+    except Image.DecompressionBombError:
+        raise DecodeError(f"declares more than {max_pixels / 1e6:g} MP (scan.max_pixels)") from None
+    except Exception as exc:  # plugins raise SyntaxError, struct.error, ... on broken headers
+        raise DecodeError(f"corrupt image header ({one_line(exc)})") from None
+    fmt = SAME_FORMAT.get(im.format or "", im.format or "image")
+    notes = []
+    expected = EXTENSIONS.get(suffix.lower())
+    if expected and expected != fmt:
+        notes.append(f"{fmt} content despite the {suffix} name")
+    width, height = im.size
+    check_size(width, height, max_pixels)
+    frames = frame_count(im)
+    if frames > 1:
+        notes.append(f"first of {frames} frames")
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:
+        orientation = 1
+    try:
+        pixels, turned = load_pixels(im, orientation, notes)
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise DecodeError("not enough memory to decode this image") from None
+    except Exception as exc:
+        raise DecodeError(broken_reason(fmt, exc)) from None
+    if turned:
+        width, height = height, width
+    return Decoded(pixels, width, height, sha256, fmt, "; ".join(notes))
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise DecodeError(
+            f"image is {width}×{height} = {megapixels(pixels)} MP, over the "
+            f"{megapixels(max_pixels)} MP limit (scan.max_pixels / --max-pixels)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise DecodeError(
+            f"image is {width}×{height} px, too small to hold a digit "
+            f"(at least {MIN_SIDE}×{MIN_SIDE} needed)"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise DecodeError(
+            f"image is {width}×{height} px, a strip too elongated to be the scan of a digit "
+            f"(more than {MAX_ASPECT}:1)"
+        )
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f}" if pixels >= 10_000_000 else f"{pixels / 1e6:.2g}"
+
+
+def frame_count(im: Image.Image) -> int:
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except Exception:  # counting walks the file; a broken later frame must not stop the first
+        return 1
+
+
+def load_pixels(im: Image.Image, orientation: int, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """Decode the first frame (reduced when huge), orient it, flatten alpha -> (uint8, turned).
+
+    `turned` says EXIF orientation swapped width and height.
+    """
+    reduce = max(1, math.floor(math.sqrt(im.width * im.height / WORK_PIXELS)))
+    if im.format in ("JPEG", "MPO") and reduce > 1:
+        # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far faster than decoding it all.
+        im.draft(im.mode, (im.width // reduce, im.height // reduce))
+    im.load()
+    turned = False
+    if orientation != 1:
+        try:
+            im = ImageOps.exif_transpose(im)
+            turned = orientation in (5, 6, 7, 8)
+        except Exception:
+            notes.append("EXIF orientation unreadable, used as stored")
+    reduce = max(1, math.floor(math.sqrt(im.width * im.height / WORK_PIXELS)))
+    im = flatten(im)
+    if reduce > 1:
+        im = im.reduce(reduce)
+    pixels = to_uint8(np.asarray(im)) if im.mode in ("I", "F") else np.asarray(im)
+    return pixels, turned
+
+
+def flatten(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> L or RGB (alpha onto white), or I / F for high-bit-depth images."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode.startswith("I;16"):
+        im = im.convert("I")
+    mode = im.mode
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        base = "L" if mode.startswith("L") else "RGB"
+        alpha = im.getchannel("A")
+        page = Image.new(base, im.size, "white")
+        page.paste(im.convert(base), mask=alpha)
+        return page
+    if mode in ("L", "RGB", "I", "F"):
+        return im
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """16/32-bit integer or float greyscale -> uint8, guessing the range from the values."""
+    x = values.astype(np.float64)
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return np.full(x.shape, 255, np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= 0 and hi <= 1 and values.dtype.kind == "f":
+        top = 1.0
+    elif lo >= 0 and hi <= 255:
+        top = 255.0
+    elif lo >= 0 and hi <= 65535:
+        top = 65535.0
+    else:  # no known range: stretch what is there
+        x = x - lo
+        top = max(hi - lo, 1e-12)
+    x = np.nan_to_num(x, nan=top, posinf=top, neginf=0.0)
+    return np.clip(np.rint(x * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def broken_reason(fmt: str, exc: BaseException) -> str:
+    text = one_line(exc)
+    if isinstance(exc, EOFError) or "truncated" in text.lower() or "broken" in text.lower():
+        return f"truncated {fmt} (the file ends before the image does; copy it again)"
+    return f"corrupt {fmt} ({text})"
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def sniff(data: bytes) -> str:
+    """Why bytes Pillow doesn't recognise aren't an image, as specifically as we can tell."""
+    head = data[:1024]
+    lower = head.lstrip().lower()
+    if head.startswith(b"%PDF"):
+        return "not an image (a PDF document; export the page as PNG or JPEG)"
+    if lower.startswith((b"<!doctype html", b"<html")) or b"<html" in lower:
+        return "not an image (looks like HTML, maybe a saved web page or login form)"
+    if lower.startswith(b"<?xml") or b"<svg" in lower:
+        return "not an image (XML or SVG; export it as PNG)"
+    if head.startswith(b"PK\x03\x04"):
+        return "not an image (a ZIP archive or Office document)"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
+        return "HEIC/AVIF image, not supported; save it as JPEG or PNG"
+    if head[:2] in (b"\xff\xd8", b"\x89P") or head[:4] in (b"II*\x00", b"MM\x00*", b"GIF8"):
+        return "corrupt image header"
+    printable = sum(32 <= b < 127 or b in b"\t\r\n" for b in head)
+    if printable >= 0.95 * len(head):
+        return "not an image (looks like text)"
+    return f"not an image (unrecognised content, {len(data)} bytes)"

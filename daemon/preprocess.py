@@ -1,0 +1,656 @@
+"""From a page of pixels to the 28x28 image the model expects, the way MNIST was made.
+
+A plain resize-and-invert works on MNIST and fails on real scans (grey or yellow paper, uneven
+light, blue ballpoint, form boxes, ruled lines, dust, a small digit on a big page). So:
+
+1. `ink_strength`: estimate the paper brightness everywhere (`background`, a coarse high
+   percentile), then measure how much darker each pixel is, relative to its paper, per colour
+   channel (blue ink on yellow paper is dark in red and green, not in blue).
+   `light_ink` flips white-on-black scans first.
+2. `threshold` (Otsu with a contrast floor) gives the ink mask; `clear_border` drops the dark
+   frame scanners leave, `remove_lines` the long straight lines of forms and ruled paper,
+   keeping the pixels where a digit crosses them.
+3. `label` finds connected components (numpy only) and `select_digit` keeps the largest plus
+   the pieces near it (a 5's detached bar, broken pencil strokes) and drops dust.
+4. `normalise` crops the soft ink around the digit, fits it into 20x20 keeping its aspect,
+   and centres it by mass in 28x28.
+
+Everything runs on a reduced overview of the page (`OVERVIEW_PIXELS`); when the digit turns out
+small there, the page is read again around it at a resolution where it has enough pixels.
+All functions are pure; `prepare` chains them and never raises for any array it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
+from digit_inbox.daemon.decode import DecodeError, to_uint8
+
+OVERVIEW_PIXELS = 320 * 320  # first look at the page at about this many pixels
+DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
+MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
+BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
+INKED_CELL = 0.6  # a cell this much darker than its brightest neighbour is filled with ink
+PAPER_PERCENTILE = 0.8  # of each cell: paper even where ink covers a good part of it
+CONTRAST_FLOOR = 0.12  # ink must be this much darker than its paper (fraction of it)
+MIN_DIGIT_FRACTION = 0.008  # a digit spans at least this much of the page's longer side
+MIN_DIGIT_PX = 6  # ... and at least this many pixels of the original image
+MNIST_STROKE = 1.95  # median stroke width of MNIST digits in 28x28 px (area / half perimeter)
+
+
+@dataclass
+class Prepared:
+    image: np.ndarray | None  # (28, 28) float32 in 0..1, ink = 1; None when blank
+    blank_reason: str = ""
+    steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
+
+
+@dataclass
+class Digit:
+    mask: np.ndarray  # bool, the digit's ink after lines and specks were removed
+    box: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive) of the digit's ink
+    threshold: float
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Any numeric array -> uint8 (H, W) or (H, W, 3), paper bright; DecodeError if hopeless.
+
+    Accepts grey, grey+alpha, RGB and RGBA in any integer, bool or float dtype; NaN and inf are
+    treated as paper. Alpha is composited onto white.
+    """
+    a = np.asarray(pixels)
+    if a.dtype.kind not in "biuf":
+        raise DecodeError(f"unsupported pixel type {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)) or a.size == 0:
+        raise DecodeError(f"unsupported pixel array shape {a.shape}")
+    if a.dtype.kind == "b":
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = np.nan_to_num(a.astype(np.float64), nan=np.inf)  # NaN -> paper
+        finite = a[np.isfinite(a)]
+        top = finite.max() if finite.size else 1.0
+        a = to_uint8(np.where(np.isposinf(a), top, a))
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        alpha = a[:, :, -1:].astype(np.float32) / 255
+        colour = a[:, :, :-1].astype(np.float32)
+        a = np.rint(colour * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        if a.shape[2] == 1:
+            a = a[:, :, 0]
+    if a.ndim == 3 and int(np.ptp(a[::7, ::7].astype(np.int16), axis=2).max(initial=0)) < 12:
+        a = a[:, :, 1]  # a colour scan of grey content: one channel is three times cheaper
+    return np.ascontiguousarray(a)
+
+
+def resized(img: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None = None):
+    """uint8 or float32 (H, W[, C]) -> float32 (h, w[, C]) in 0..1 for uint8 input.
+
+    Area-averaging when shrinking, bilinear when enlarging; `box` (x0, y0, x1, y1) picks a
+    region of the source first.
+    """
+    h, w = size
+    src_h, src_w = img.shape[:2]
+    box = box or (0, 0, src_w, src_h)
+    shrinking = (box[2] - box[0]) > w and (box[3] - box[1]) > h
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    if img.dtype == np.uint8:
+        out = np.asarray(Image.fromarray(img).resize((w, h), resample, box=box), np.float32)
+        return out / np.float32(255)
+    planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
+    out = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(p, np.float32), "F").resize(
+            (w, h), resample, box=box
+        ))
+        for p in planes
+    ]  # fmt: skip
+    return out[0] if img.ndim == 2 else np.stack(out, axis=2)
+
+
+def overview_size(h: int, w: int, pixels: int = OVERVIEW_PIXELS) -> tuple[int, int]:
+    scale = min(1.0, math.sqrt(pixels / (h * w)))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+# --- ink ---------------------------------------------------------------------------------
+
+
+def grey(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else img.mean(axis=2, dtype=np.float32)
+
+
+def block_percentile(img: np.ndarray, block: int, q: float) -> np.ndarray:
+    """The q-quantile of each block x block cell of img (H, W[, C]) -> (ny, nx[, C])."""
+    h, w = img.shape[:2]
+    ny, nx = -(-h // block), -(-w // block)
+    pad = [(0, ny * block - h), (0, nx * block - w)] + [(0, 0)] * (img.ndim - 2)
+    padded = np.pad(img, pad, mode="edge")
+    cells = padded.reshape(ny, block, nx, block, -1).transpose(0, 2, 4, 1, 3)
+    cells = cells.reshape(ny, nx, -1, block * block)
+    k = round(q * (block * block - 1))
+    out = np.partition(cells, k, axis=-1)[..., k]
+    return out[:, :, 0] if img.ndim == 2 else out
+
+
+def spread(cells: np.ndarray, shape: tuple[int, int], block: int) -> np.ndarray:
+    """Upsample a per-cell estimate (ny, nx[, C]) smoothly back to the pixel grid `shape`."""
+    ny, nx = cells.shape[:2]
+    full = resized(cells.astype(np.float32), (ny * block, nx * block))
+    return full[: shape[0], : shape[1]]
+
+
+def neighbourhood(a: np.ndarray, reduce: np.ufunc) -> np.ndarray:
+    """3x3 max/min/... over the first two axes, edges repeated."""
+    p = np.pad(a, [(1, 1), (1, 1)] + [(0, 0)] * (a.ndim - 2), mode="edge")
+    h, w = a.shape[:2]
+    out = p[1 : h + 1, 1 : w + 1].copy()
+    for dy in range(3):
+        for dx in range(3):
+            reduce(out, p[dy : dy + h, dx : dx + w], out=out)
+    return out
+
+
+def block_size(shape: tuple[int, ...], blocks: int = BACKGROUND_BLOCKS) -> int:
+    return max(2, round(max(shape[:2]) / blocks))
+
+
+def light_ink(page: np.ndarray) -> bool:
+    """True for light ink on dark paper (chalk, inverted scans).
+
+    Whichever way round, the paper is what the ink map marks wrongly: read as the wrong
+    polarity, the paper around every stroke turns into "ink". So the polarity whose ink map is
+    lighter overall is the right one. Judged on a small copy: it is a global question.
+    """
+    h, w = page.shape[:2]
+    small = resized(page, overview_size(h, w, 96 * 96)) if h * w > 96 * 96 else page
+    small = grey(small)
+    dark = float(ink_strength(small, background(small)[0]).mean())
+    light = float(ink_strength(1 - small, background(1 - small)[0]).mean())
+    return light < 0.7 * dark
+
+
+def background(img: np.ndarray, blocks: int = BACKGROUND_BLOCKS) -> tuple[np.ndarray, int]:
+    """Paper brightness per pixel and channel, and the grid cell size it was estimated on.
+
+    A high percentile per small cell follows shading, shadows and tinted paper closely. A cell
+    that ink fills (a thick marker stroke) reads much darker than its brightest neighbour -
+    more than light falls off between neighbouring cells - and takes that neighbour's value.
+    """
+    block = block_size(img.shape, blocks)
+    cells = block_percentile(img, block, PAPER_PERCENTILE)
+    for _ in range(3):
+        brightest = neighbourhood(cells, np.maximum)
+        filled = cells < INKED_CELL * brightest
+        if not filled.any():
+            break
+        cells = np.where(filled, brightest, cells)
+    return spread(np.asarray(cells, np.float32), img.shape[:2], block), block
+
+
+def ink_strength(img: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """How much darker than its paper each pixel is (0 paper .. 1 black), strongest channel."""
+    ratio = img / np.maximum(paper, 0.04)
+    darkest = ratio if ratio.ndim == 2 else ratio.min(axis=2)
+    return np.clip(1 - darkest, 0, 1).astype(np.float32)
+
+
+def threshold(ink: np.ndarray) -> float:
+    """Otsu's threshold over the pixels that might be ink, never below the contrast floor."""
+    bins = 64
+    hist = np.bincount(np.minimum((ink.ravel() * bins).astype(np.int64), bins - 1), minlength=bins)
+    hist[: bins // 16] = 0  # paper and its noise would swamp a small digit
+    total = hist.sum()
+    if total == 0:
+        return 1.0
+    p = hist / total
+    centres = (np.arange(bins) + 0.5) / bins
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    between = np.nan_to_num(between[:-1])
+    t = (int(np.argmax(between)) + 1) / bins if between.any() else 0.0
+    return max(t, CONTRAST_FLOOR)
+
+
+# --- cleaning the mask -------------------------------------------------------------------
+
+
+def clear_border(mask: np.ndarray, depth: float = 0.08) -> np.ndarray:
+    """Drop the dark frame a scanner leaves: rows/columns at the edge that are mostly ink."""
+    out = mask.copy()
+    h, w = out.shape
+    for view, limit in ((out, h), (out[::-1], h), (out.T, w), (out.T[::-1], w)):
+        for i in range(max(1, int(depth * limit))):
+            if view[i].mean() < 0.5:
+                break
+            view[i] = False
+    return out
+
+
+@dataclass
+class Line:
+    pixels: np.ndarray  # bool mask (in the orientation it was found in) of the removable pixels
+    start: int  # first and last column covered
+    stop: int
+
+
+def shear_rows(rows: np.ndarray, cols: np.ndarray, slope: float, width: int) -> np.ndarray:
+    offset = math.ceil(abs(slope) * width) + 3
+    return rows + np.rint(cols * slope).astype(np.int64) + offset
+
+
+def thin_rows(mask: np.ndarray, k: int) -> np.ndarray:
+    """The pixels of mask outside every vertical run of k or more: where a line thinner than k
+    px may be. Thick strokes would otherwise outweigh a faint line in the projections."""
+    h, w = mask.shape
+    if h < k:
+        return mask
+    c = np.zeros((h + 1, w), np.int32)
+    np.cumsum(mask, axis=0, out=c[1:])
+    full = (c[k:] - c[:-k]) == k  # window of rows i .. i+k-1 is all ink
+    f = np.zeros((h - k + 2, w), np.int32)
+    np.cumsum(full, axis=0, out=f[1:])
+    r = np.arange(h)
+    lo, hi = np.clip(r - k + 1, 0, h - k + 1), np.clip(r + 1, 0, h - k + 1)
+    return mask & ((f[hi] - f[lo]) == 0)
+
+
+def line_candidates(mask: np.ndarray) -> list[Line]:
+    """Long thin nearly-horizontal runs of ink (a page rotated up to ~6 degrees is fine).
+
+    Among the thin pixels, tries a few slopes and keeps the one with the tallest projection
+    peak, then takes bands of sheared rows with at least 30 % of the width inked.
+    """
+    h, w = mask.shape
+    min_length = max(8, 0.3 * w)
+    max_thickness = max(2, round(0.04 * min(h, w)))
+    rows, cols = np.nonzero(thin_rows(mask, max_thickness + 1))
+    if len(rows) < min_length:
+        return []
+
+    def peak(slope: float) -> float:
+        p = np.bincount(shear_rows(rows, cols, slope, w))
+        return float(np.max(p[:-1] + p[1:]))
+
+    step = 0.02
+    best = max(np.arange(-0.1, 0.1001, step), key=peak)
+    slope = float(max(np.arange(best - step, best + step + 1e-9, step / 4), key=peak))
+
+    sheared = shear_rows(rows, cols, slope, w)
+    profile = np.bincount(sheared)
+    found: list[Line] = []
+    strong = profile >= min_length
+    for r in np.flatnonzero(strong & ~np.r_[False, strong[:-1]]):  # starts of strong bands
+        stop = r
+        while stop + 1 < len(profile) and strong[stop + 1]:
+            stop += 1
+        top = profile[r : stop + 1].max()
+        core = np.flatnonzero(profile[max(0, r - 2) : stop + 3] >= 0.5 * top) + max(0, r - 2)
+        a, b = int(core.min()), int(core.max())
+        if b - a + 1 > max_thickness:
+            continue  # a thick bar: the body of a digit or a dark region, not a printed line
+        found.extend(segments(mask, rows, cols, sheared, a, b, slope, min_length))
+    return found
+
+
+def segments(
+    mask: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    sheared: np.ndarray,
+    a: int,
+    b: int,
+    slope: float,
+    min_length: float,
+) -> list[Line]:
+    """The long stretches of the band [a, b] (sheared rows), minus where a stroke crosses it."""
+    h, w = mask.shape
+    in_band = (sheared >= a - 1) & (sheared <= b + 1)
+    covered = np.zeros(w + 2, bool)
+    covered[cols[in_band] + 1] = True
+    gap = max(2, round(0.01 * w))
+    # close small gaps, then find runs
+    filled = covered.copy()
+    idx = np.flatnonzero(covered)
+    if len(idx) > 1:
+        small = np.flatnonzero((np.diff(idx) > 1) & (np.diff(idx) <= gap + 1))
+        for i in small:
+            filled[idx[i] : idx[i + 1]] = True
+    edges = np.flatnonzero(np.diff(filled.astype(np.int8)))
+    out = []
+    offset = shear_rows(np.zeros(1, np.int64), np.zeros(1, np.int64), slope, w)[0]
+    for start, stop in zip(edges[::2], edges[1::2], strict=False):
+        if stop - start < min_length:
+            continue
+        c = np.arange(start, stop)  # columns of this stretch (covered index - 1 == column)
+        shift = np.rint(c * slope).astype(np.int64) + offset
+        above, below = a - 2 - shift, b + 2 - shift
+        crossing = np.zeros(len(c), bool)
+        for r in (above, below):
+            ok = (r >= 0) & (r < h)
+            crossing[ok] |= mask[r[ok], c[ok]]
+        pick = in_band & (cols >= start) & (cols < stop)
+        keep = crossing[cols[pick] - start]
+        pixels = np.zeros_like(mask)
+        pixels[rows[pick][~keep], cols[pick][~keep]] = True
+        out.append(Line(pixels, int(start), int(stop - 1)))
+    return out
+
+
+def remove_lines(mask: np.ndarray) -> np.ndarray:
+    """Remove form boxes, ruled lines and underlines; keep the digit, also where it crosses one.
+
+    A long thin straight run counts as a line when it spans almost the whole page, or when it
+    reaches beyond the digit (the largest blob of the other ink) on both ends: a box edge, a
+    rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does.
+    """
+    horizontal = line_candidates(mask)
+    vertical = line_candidates(mask.T)
+    if not horizontal and not vertical:
+        return mask
+    lines = [(line, line.pixels, 1) for line in horizontal]
+    lines += [(line, line.pixels.T, 0) for line in vertical]
+    rest = mask.copy()
+    for _, pixels, _ in lines:
+        rest &= ~pixels
+    labels, n = label(rest)
+    digit = None
+    if n:
+        ys, xs = np.nonzero(np.isin(labels, select_digit(labels, n)))
+        digit = ((ys.min(), ys.max()), (xs.min(), xs.max()))
+    framed = bool(horizontal) and bool(vertical)
+    out = mask.copy()
+    for line, pixels, axis in lines:
+        length = line.stop - line.start + 1
+        margin = max(2.0, 0.04 * length)
+        if length >= 0.9 * mask.shape[axis]:
+            accept = True
+        elif digit is None:
+            accept = framed  # nothing else on the page: an empty form box, not a lone "1"
+        else:
+            lo, hi = digit[axis]
+            accept = line.start <= lo - margin and line.stop >= hi + margin
+        if accept:
+            out &= ~pixels
+    return out
+
+
+# --- components --------------------------------------------------------------------------
+
+
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components: (labels with 0 = background and 1..n, n). Numpy only.
+
+    Union-find over the ink pixels, hooking roots in bulk and halving paths with
+    `parent[parent]` until stable: O(log n) passes of vectorised work.
+    """
+    h, w = mask.shape
+    flat = np.flatnonzero(mask)
+    labels = np.zeros(h * w, np.int32)
+    if len(flat) == 0:
+        return labels.reshape(h, w), 0
+    node = np.full(h * w, -1, np.int64)
+    node[flat] = np.arange(len(flat))
+    us, vs = [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        c0, c1 = max(0, -dx), w - max(0, dx)
+        both = mask[: h - dy, c0:c1] & mask[dy:, c0 + dx : c1 + dx]
+        r, c = np.nonzero(both)
+        us.append(node[r * w + c + c0])
+        vs.append(node[(r + dy) * w + c + c0 + dx])
+    u, v = np.concatenate(us), np.concatenate(vs)
+    parent = np.arange(len(flat))
+    while len(u):
+        pu, pv = parent[u], parent[v]
+        differ = pu != pv
+        u, v, pu, pv = u[differ], v[differ], pu[differ], pv[differ]
+        if not len(u):
+            break
+        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    _, ids = np.unique(parent, return_inverse=True)
+    labels[flat] = ids.ravel() + 1
+    return labels.reshape(h, w), int(ids.max()) + 1
+
+
+@dataclass
+class Components:
+    area: np.ndarray  # per component (index = label - 1)
+    y0: np.ndarray
+    x0: np.ndarray
+    y1: np.ndarray  # exclusive
+    x1: np.ndarray
+
+
+def components(labels: np.ndarray, n: int) -> Components:
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs] - 1
+    area = np.bincount(ids, minlength=n)
+    y0, x0 = np.full(n, labels.shape[0]), np.full(n, labels.shape[1])
+    y1, x1 = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    np.minimum.at(y0, ids, ys)
+    np.minimum.at(x0, ids, xs)
+    np.maximum.at(y1, ids, ys + 1)
+    np.maximum.at(x1, ids, xs + 1)
+    return Components(area, y0, x0, y1, x1)
+
+
+def select_digit(labels: np.ndarray, n: int) -> np.ndarray:
+    """Component ids (1-based) of the digit: the largest piece and the pieces that belong to it.
+
+    A piece joins when it is close to the digit so far (within a third of its size) and not
+    dust (at least 2 % of its ink), or when it lies inside the digit's box anyway.
+    """
+    c = components(labels, n)
+    main = int(np.argmax(c.area))
+    chosen = np.zeros(n, bool)
+    chosen[main] = True
+    while True:
+        y0, x0 = c.y0[chosen].min(), c.x0[chosen].min()
+        y1, x1 = c.y1[chosen].max(), c.x1[chosen].max()
+        size = max(y1 - y0, x1 - x0)
+        gap_y = np.maximum(0, np.maximum(y0 - c.y1, c.y0 - y1))
+        gap_x = np.maximum(0, np.maximum(x0 - c.x1, c.x0 - x1))
+        near = np.hypot(gap_y, gap_x) <= size / 3
+        inside = (c.y0 >= y0) & (c.y1 <= y1) & (c.x0 >= x0) & (c.x1 <= x1)
+        substantial = c.area >= 0.02 * c.area[chosen].sum()
+        joined = chosen | inside | (near & substantial)
+        if np.array_equal(joined, chosen):
+            return np.flatnonzero(chosen) + 1
+        chosen = joined
+
+
+def find_digit(ink: np.ndarray, page_side: float) -> Digit | str:
+    """The digit's ink in an ink-strength map, or why there is none (a blank reason).
+
+    `page_side`: the original page's longer side in the same pixels as `ink`, for the minimum
+    digit size. Printed lines and scanner borders are often darker than a pencil digit and
+    would pull the threshold above it: once they are known, the threshold is chosen again
+    without them.
+    """
+    t = threshold(ink)
+    mask = ink >= t
+    if not mask.any():
+        return "no ink darker than the paper"
+    bordered = clear_border(mask)
+    structure = mask & ~bordered
+    for line in line_candidates(bordered):
+        structure |= line.pixels
+    for line in line_candidates(bordered.T):
+        structure |= line.pixels.T
+    if structure.any():
+        quiet = np.where(neighbourhood(structure, np.logical_or), 0, ink)
+        t = min(t, threshold(quiet))
+        mask = ink >= t
+    cleaned = remove_lines(clear_border(mask))
+    labels, n = label(cleaned)
+    if n == 0:
+        return "only lines, no digit"
+    digit = np.isin(labels, select_digit(labels, n))
+    ys, xs = np.nonzero(digit)
+    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    size = max(box[2] - box[0], box[3] - box[1])
+    if size < max(MIN_DIGIT_FRACTION * page_side, 2):
+        return "only specks, no digit"
+    return Digit(digit, box, t)
+
+
+# --- normalising -------------------------------------------------------------------------
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a mask: its area over half its perimeter."""
+    area = int(mask.sum())
+    perimeter = int((mask[:, 1:] != mask[:, :-1]).sum() + (mask[1:] != mask[:-1]).sum())
+    perimeter += int(mask[:, 0].sum() + mask[:, -1].sum() + mask[0].sum() + mask[-1].sum())
+    return 2 * area / max(perimeter, 1)
+
+
+def normalise(ink: np.ndarray, digit: Digit) -> tuple[np.ndarray, np.ndarray]:
+    """(28x28 float32, the crop it was made from): MNIST's size and position normalisation."""
+    y0, x0, y1, x1 = digit.box
+    near = neighbourhood(digit.mask, np.logical_or)  # the anti-aliased rim belongs to the digit
+    crop = np.where(near, ink, 0)[y0:y1, x0:x1]
+    core = ink[digit.mask]
+    level = max(float(np.percentile(core, 90)), digit.threshold, 1e-3)
+    crop = np.clip(crop / level, 0, 1).astype(np.float32)
+
+    h, w = crop.shape
+    scale = DIGIT_BOX / max(h, w)
+    sw = stroke_width(digit.mask[y0:y1, x0:x1]) * scale
+    if sw < 0.6 * MNIST_STROKE:  # a fine pen on a big digit would fade to a hairline
+        for _ in range(min(3, round((0.8 * MNIST_STROKE - sw) / scale / 2))):
+            crop = neighbourhood(crop, np.maximum)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = np.clip(resized(crop, size), 0, 1)
+    return centre(small), crop
+
+
+def centre(small: np.ndarray) -> np.ndarray:
+    """Place a <=20x20 digit in 28x28 with its centre of mass at the centre (as MNIST did)."""
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    h, w = small.shape
+    mass = float(small.sum())
+    if mass <= 0:
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+    else:
+        cy = float((small.sum(axis=1) * np.arange(h)).sum()) / mass
+        cx = float((small.sum(axis=0) * np.arange(w)).sum()) / mass
+    half = IMAGE_SIZE // 2
+    oy = min(max(round(half - cy), 0), IMAGE_SIZE - h)
+    ox = min(max(round(half - cx), 0), IMAGE_SIZE - w)
+    out[oy : oy + h, ox : ox + w] = small
+    return out
+
+
+# --- the pipeline ------------------------------------------------------------------------
+
+
+def prepare(pixels: np.ndarray, debug: bool = False) -> Prepared:
+    """Page pixels (as `decode` yields, or any numeric array) -> the model's 28x28, or blank.
+
+    Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
+    """
+    img = as_uint8(pixels)
+    h, w = img.shape[:2]
+    steps: dict[str, np.ndarray] = {}
+    if min(h, w) < 3:
+        return Prepared(None, "image too small to hold a digit", steps)
+    oh, ow = overview_size(h, w)
+    page = resized(img, (oh, ow))
+    if debug:
+        steps["page"] = page
+    light = light_ink(page)
+    if light:
+        page = 1 - page
+    paper, _ = background(page)
+    ink = ink_strength(page, paper)
+    scale = oh / h
+    found = find_digit(ink, max(oh, ow))
+    if isinstance(found, Digit):
+        size = max(found.box[2] - found.box[0], found.box[3] - found.box[1])
+        wanted = min(1.0, DIGIT_PIXELS / (size / scale))
+        if size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * scale:
+            closer = look_closer(img, light, paper, found.box, scale, wanted)
+            if closer is not None:
+                ink, found = closer
+    if debug:
+        steps["ink"] = ink
+    if not isinstance(found, Digit):
+        return Prepared(None, found, steps)
+    y0, x0, y1, x1 = found.box
+    if debug:
+        steps["mask"] = found.mask.astype(np.float32)
+    image, crop = normalise(ink, found)
+    if debug:
+        steps["crop"] = crop
+        steps["digit"] = image
+    return Prepared(image, "", steps)
+
+
+def look_closer(
+    img: np.ndarray,
+    light: bool,
+    paper: np.ndarray,
+    box: tuple[int, int, int, int],
+    scale: float,
+    wanted: float,
+) -> tuple[np.ndarray, Digit] | None:
+    """Read the region around a digit found small in the overview again at `wanted` scale.
+
+    The paper estimate of the overview is reused (it is smooth); lines and specks are cleaned
+    again at the finer resolution.
+    """
+    h, w = img.shape[:2]
+    y0, x0, y1, x1 = (v / scale for v in box)
+    margin = 0.6 * max(y1 - y0, x1 - x0)
+    y0, x0 = max(0.0, y0 - margin), max(0.0, x0 - margin)
+    y1, x1 = min(float(h), y1 + margin), min(float(w), x1 + margin)
+    iy0, ix0, iy1, ix1 = int(y0), int(x0), math.ceil(y1), math.ceil(x1)
+    size = (max(3, round((iy1 - iy0) * wanted)), max(3, round((ix1 - ix0) * wanted)))
+    region = resized(img[iy0:iy1, ix0:ix1], size)
+    if light:
+        region = 1 - region
+    ph, pw = paper.shape[:2]
+    paper_box = (
+        min(ix0 * scale, pw),
+        min(iy0 * scale, ph),
+        min(ix1 * scale, pw),
+        min(iy1 * scale, ph),
+    )
+    local_paper = resized(paper, size, box=paper_box)
+    ink = ink_strength(region, local_paper)
+    found = find_digit(ink, max(h, w) * wanted)
+    if not isinstance(found, Digit):
+        return None
+    return ink, found
+
+
+def strip(steps: dict[str, np.ndarray], height: int = 112) -> np.ndarray:
+    """The debug images side by side at a common height: uint8 RGB (height, W, 3)."""
+    tiles = []
+    for image in steps.values():
+        a = np.clip(np.nan_to_num(image), 0, 1)
+        if a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        h, w = a.shape[:2]
+        width = max(1, round(w * height / h))
+        tile = Image.fromarray((a * 255).astype(np.uint8)).resize(
+            (width, height), Image.Resampling.NEAREST if h < height else Image.Resampling.BOX
+        )
+        tiles.append(np.asarray(tile))
+        tiles.append(np.full((height, 4, 3), (255, 0, 255), np.uint8))
+    return np.concatenate(tiles[:-1], axis=1) if tiles else np.zeros((height, 1, 3), np.uint8)
