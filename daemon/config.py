@@ -500,14 +500,19 @@ def writable_problem(folder: Path) -> str | None:
     return None
 
 
-def load(path: Path) -> Config:
-    """Read and validate `path`; ConfigError lists every problem with its key path."""
+def load(path: Path, *, check_folders: bool = True) -> Config:
+    """Read and validate `path`; ConfigError lists every problem with its key path.
+
+    `check_folders=False` skips the folder checks, for readers such as `digit-inbox status`
+    that need not be able to write the daemon's folders.
+    """
     path = Path(os.path.abspath(path))
     document, problems = read_yaml(path)
     values, more = parse_document(document, path.parent)
     problems += more
-    if values:
+    if values and check_folders:
         problems += folder_problems(values["paths"], values["watch"].get("recursive"))
+    if values:
         model = values["recognition"].get("model")
         if model is not None and not model.is_file():
             problems.append(

@@ -317,7 +317,8 @@ def print_status(config_path: Path) -> int:
     """`digit-inbox status`: print the running daemon's state; non-zero if it is not running."""
     from digit_inbox.daemon import config
 
-    cfg = config.load(config_path)
+    # Only reading: an operator need not be able to write the daemon's folders.
+    cfg = config.load(config_path, check_folders=False)
     state = read_state(cfg.status_file)
     now = time.time()
     print(describe(state, now))

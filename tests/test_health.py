@@ -359,6 +359,16 @@ def test_status_prints_the_running_daemon_and_exits_zero(tmp_path, capsys):
     assert "a.png: ok digit 7" in out and "1 ok" in out
 
 
+def test_status_does_not_need_to_write_the_daemons_folders(tmp_path, capsys):
+    (tmp_path / "not-a-folder").write_text("")
+    config = write_config(tmp_path, paths={"outbox": "./not-a-folder/outbox"})
+    state_file = tmp_path / "var" / "state" / "status.json"
+    state_file.parent.mkdir(parents=True)
+    Health(state_file, None, model_id="cnn-test").write()
+    assert health.print_status(config) == 0
+    assert "cnn-test" in capsys.readouterr().out
+
+
 def test_status_of_a_stopped_daemon_exits_non_zero_and_says_why(tmp_path, capsys, caplog):
     config = write_config(tmp_path)
     state_file = tmp_path / "var" / "state" / "status.json"
