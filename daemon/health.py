@@ -55,10 +55,13 @@ def zero_counts() -> dict[str, int]:
 class Health:
     """Counters and gauges of one daemon process; `record` and `write` may run on any thread."""
 
-    def __init__(self, state_file: Path, textfile: Path | None, model_id: str) -> None:
+    def __init__(
+        self, state_file: Path, textfile: Path | None, model_id: str, inbox: Path | None = None
+    ) -> None:
         self.state_file = state_file
         self.textfile = textfile
         self.model_id = model_id
+        self.inbox = inbox
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.started = time.time()
@@ -125,6 +128,7 @@ class Health:
                 "started": iso(self.started),
                 "updated": iso(time.time()),
                 "model_id": self.model_id,
+                "inbox": str(self.inbox) if self.inbox else None,
                 "queue_depth": self._queue_depth,
                 "counts": {
                     "today": {"date": self._day, **self._day_counts},
@@ -168,7 +172,7 @@ def atomic_write(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def label(value: str) -> str:
+def escape(value: str) -> str:
     """Escape a label value as the Prometheus text format requires."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -178,33 +182,41 @@ def number(value: float) -> str:
 
 
 def prometheus_text(state: dict[str, Any]) -> str:
-    """The state in Prometheus text exposition format (version 0.0.4)."""
-    lines: list[str] = []
+    """The state in Prometheus text exposition format (version 0.0.4).
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        """`samples` pairs what follows the name (suffix and labels) with the value."""
+    With an inbox, every sample carries it as a label, so the files of several daemons on one
+    host can sit side by side in node_exporter's folder without clashing.
+    """
+    lines: list[str] = []
+    common = {"inbox": state["inbox"]} if state.get("inbox") else {}
+    Sample = tuple[str, dict[str, str], float]  # name suffix, labels, value
+
+    def metric(name: str, kind: str, help_text: str, samples: list[Sample]) -> None:
         lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
-        lines.extend(f"{name}{series} {number(value)}" for series, value in samples)
+        for suffix, labels, value in samples:
+            pairs = ",".join(f'{k}="{escape(v)}"' for k, v in (common | labels).items())
+            braced = f"{{{pairs}}}" if pairs else ""
+            lines.append(f"{name}{suffix}{braced} {number(value)}")
 
     total = state["counts"]["total"]
     metric(
         "digit_inbox_files_total",
         "counter",
         "Files processed since the daemon started, by result status.",
-        [(f'{{status="{s}"}}', total[s]) for s in STATUSES],
+        [("", {"status": s}, total[s]) for s in STATUSES],
     )
     metric(
         "digit_inbox_queue_depth",
         "gauge",
         "Files waiting in the inbox to be processed.",
-        [("", state["queue_depth"])],
+        [("", {}, state["queue_depth"])],
     )
     latency = state["latency_seconds"]
     cumulative, samples = 0, []
     for le, count in zip([*latency["le"], "+Inf"], latency["counts"], strict=True):
         cumulative += count
-        samples.append((f'_bucket{{le="{le}"}}', cumulative))
-    samples += [("_sum", latency["sum"]), ("_count", cumulative)]
+        samples.append(("_bucket", {"le": str(le)}, cumulative))
+    samples += [("_sum", {}, latency["sum"]), ("_count", {}, cumulative)]
     metric(
         "digit_inbox_processing_seconds",
         "histogram",
@@ -216,19 +228,19 @@ def prometheus_text(state: dict[str, Any]) -> str:
             "digit_inbox_last_success_timestamp_seconds",
             "gauge",
             "Unix time the last file was read without an error.",
-            [("", epoch(state["last_success"]))],
+            [("", {}, epoch(state["last_success"]))],
         )
     metric(
         "digit_inbox_model_info",
         "gauge",
         "The model classifying the digits (always 1).",
-        [(f'{{model_id="{label(state["model_id"])}",version="{label(state["version"])}"}}', 1)],
+        [("", {"model_id": state["model_id"], "version": state["version"]}, 1)],
     )
     metric(
         "digit_inbox_start_time_seconds",
         "gauge",
         "Unix time the daemon started.",
-        [("", epoch(state["started"]))],
+        [("", {}, epoch(state["started"]))],
     )
     return "\n".join(lines) + "\n"
 
@@ -302,6 +314,7 @@ def describe(state: dict[str, Any], now: float) -> str:
     rows = [
         ("daemon", f"pid {state['pid']} on {state['host']}, digit-inbox {state['version']}"),
         ("uptime", f"{duration(now - epoch(state['started']))} (since {state['started']})"),
+        ("inbox", state.get("inbox") or "?"),
         ("model", state["model_id"]),
         ("queue", f"{state['queue_depth']} file(s) waiting"),
         (f"today {day['date']}", counts(day)),

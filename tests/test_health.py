@@ -292,6 +292,16 @@ def test_a_model_id_with_quotes_is_escaped_in_its_label(tmp_path):
     assert value(samples, "digit_inbox_model_info", model_id=odd, version=__version__) == 1
 
 
+def test_with_an_inbox_every_sample_names_it_so_several_daemons_never_clash(tmp_path):
+    lab = Health(tmp_path / "s.json", tmp_path / "m.prom", model_id="m", inbox=Path("/srv/lab"))
+    lab.record(row("a.png", Status.OK, "1"), 0.01)
+    lab.write()
+    _, samples = parse_prometheus((tmp_path / "m.prom").read_text())
+    assert {dict(labels).get("inbox") for _, labels in samples} == {"/srv/lab"}
+    assert value(samples, "digit_inbox_files_total", inbox="/srv/lab", status="ok") == 1
+    assert "/srv/lab" in health.describe(read_json(tmp_path / "s.json"), time.time())
+
+
 def test_the_strict_reader_rejects_what_node_exporter_would():
     with pytest.raises(AssertionError):
         parse_prometheus("digit_inbox_queue_depth 1\n")  # no TYPE
