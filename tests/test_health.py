@@ -72,16 +72,20 @@ def parse_prometheus(text: str) -> tuple[dict[str, str], dict[tuple[str, frozens
 
 
 def check_histogram(name: str, samples: dict[tuple[str, frozenset], float]) -> None:
-    buckets = sorted(
-        (float(dict(labels)["le"]), value)
-        for (sample, labels), value in samples.items()
-        if sample == name + "_bucket"
-    )
-    assert buckets[-1][0] == math.inf, "a histogram needs a +Inf bucket"
-    counts = [value for _, value in buckets]
-    assert counts == sorted(counts), "histogram buckets must be cumulative"
-    assert samples[(name + "_count", frozenset())] == counts[-1]
-    assert (name + "_sum", frozenset()) in samples
+    """Per series: a +Inf bucket, cumulative buckets, and a _count equal to the +Inf bucket."""
+    series: dict[frozenset, list[tuple[float, float]]] = {}
+    for (sample, labels), count in samples.items():
+        if sample == name + "_bucket":
+            le = dict(labels)["le"]
+            series.setdefault(labels - {("le", le)}, []).append((float(le), count))
+    assert series, f"{name} has no buckets"
+    for labels, buckets in series.items():
+        buckets.sort()
+        assert buckets[-1][0] == math.inf, "a histogram needs a +Inf bucket"
+        counts = [count for _, count in buckets]
+        assert counts == sorted(counts), "histogram buckets must be cumulative"
+        assert samples[(name + "_count", labels)] == counts[-1]
+        assert (name + "_sum", labels) in samples
 
 
 def value(samples, name: str, **labels: str) -> float:
