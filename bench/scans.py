@@ -61,7 +61,8 @@ STORE_TRANSPOSE = {
 ORIENTATION_TAG = 0x0112
 # Phones mostly write 3, 6 and 8; mirrored orientations are rare but legal.
 ORIENTATION_WEIGHTS = {3: 0.25, 6: 0.3, 8: 0.25, 2: 0.05, 4: 0.05, 5: 0.05, 7: 0.05}
-# Uncompressed formats (BMP) stay under this many bytes by picking a leaner mode.
+# BMP is uncompressed: its pages are capped so the file stays under this many bytes (scaled
+# down with --max-side), e.g. RGB pages at most ~365 px per side.
 MAX_RAW_BYTES = 400_000
 BITS = {"1": 1, "L": 8, "P": 8, "RGB": 24}
 
