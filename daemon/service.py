@@ -89,14 +89,18 @@ def main(config_path: Path, check_only: bool = False, log_level: str | None = No
     if check_only:
         print(cfg.summary())
         return int(ExitCode.OK)
-    configure_logging(log_level or cfg.log_level)
+    configure_logging(log_level, cfg.log_level)
     return Daemon(cfg).run()
 
 
-def configure_logging(level: str) -> None:
-    """The config's level; timestamps unless journald (which stamps lines itself) reads stderr."""
+def configure_logging(command_line: str | None, configured: str) -> None:
+    """The command line's level, else the config's; timestamps unless journald (which stamps
+    lines itself) reads stderr."""
     root = logging.getLogger()
-    root.setLevel(level.upper())
+    if command_line is not None:
+        root.setLevel(command_line.upper())
+    elif root.level == logging.INFO:  # the command line's default: the config decides
+        root.setLevel(configured)
     if "JOURNAL_STREAM" not in os.environ:
         for handler in root.handlers:
             handler.setFormatter(
