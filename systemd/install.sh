@@ -42,14 +42,14 @@ need_root() {
 # systemctl only on a live system booted with systemd, never into a DESTDIR.
 systemd_running() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
 
-# mkdir_owned MODE DIR: create DIR (and its parents) unless it exists; an existing folder keeps
-# the owner and mode an administrator may have given it.
-mkdir_owned() {
-    [ -d "$DESTDIR$2" ] && return 0
-    mkdir -p "$DESTDIR$2"
-    [ -n "$SKIP_USER" ] || chown "$NAME:$NAME" "$DESTDIR$2"
-    chmod "$1" "$DESTDIR$2"
-    say "created $2 (mode $1)"
+# new_folder MODE OWNER DIR: create DIR unless it exists; an existing folder keeps the owner
+# and mode an administrator may have given it.
+new_folder() {
+    [ -d "$DESTDIR$3" ] && return 0
+    mkdir -p "$DESTDIR$3"
+    [ -n "$SKIP_USER" ] || chown "$2" "$DESTDIR$3"
+    chmod "$1" "$DESTDIR$3"
+    say "created $3 (mode $1)"
 }
 
 create_user() {
@@ -66,16 +66,11 @@ create_user() {
 }
 
 # Data folders: group digit-inbox may drop and collect files (2770); setgid keeps every file
-# dropped or filed there in the group, whoever wrote it.
+# dropped or filed there in the group, whoever wrote it. Others see nothing (0750 above them).
 create_folders() {
-    data=$1
-    if [ ! -d "$DESTDIR$data" ]; then
-        mkdir -p "$DESTDIR$data"
-        [ -n "$SKIP_USER" ] || chown "root:$NAME" "$DESTDIR$data"
-        chmod 0750 "$DESTDIR$data"
-    fi
+    new_folder 0750 "root:$NAME" "$1"
     for folder in inbox outbox failed review reports; do
-        mkdir_owned 2770 "$data/$folder"
+        new_folder 2770 "$NAME:$NAME" "$1/$folder"
     done
 }
 
