@@ -32,19 +32,9 @@ OBSERVERS = ("auto", "inotify", "polling")
 DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LAYOUT_FIELDS = ("digit", "date", "year", "month", "day")
-DEFAULT_EXTENSIONS = [
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".pgm",
-    ".pnm",
-    ".ppm",
-]
+# What decode.py reads (a test keeps the two in step); other files stay in the inbox.
+DEFAULT_EXTENSIONS = [".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".dib"]
+DEFAULT_EXTENSIONS += [".gif", ".webp"]
 # Names that writers use while a file is incomplete, and files operating systems leave behind.
 DEFAULT_IGNORE = [
     "*.tmp",

@@ -178,6 +178,12 @@ def test_ignored_names_match_case_insensitively_and_dotfiles_always(tmp_path):
     assert not config.has_image_extension("notes.txt", watch)
 
 
+def test_the_default_extensions_are_exactly_what_the_decoder_reads(tmp_path):
+    from digit_inbox.daemon.decode import EXTENSIONS
+
+    assert set(load_text(tmp_path, "").watch.extensions) == set(EXTENSIONS)
+
+
 yaml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda children: (
