@@ -6,13 +6,17 @@ import os
 import platform
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import Folders, daemon_env, digit_png, drop, wait_until, write_config
+from test_notify import StandIn
 
 from digit_inbox.daemon import config
 
@@ -440,3 +444,74 @@ def test_set_config_fails_on_a_key_the_config_does_not_have():
     result = set_config("paths:\n  inbox: x\n", "paths.inbox=/a", "paths.nope=/b")
     assert result.returncode != 0
     assert "paths.nope" in result.stderr
+
+
+# --- The real daemon in an emulation of the unit's whole sandbox ---------------------------------
+
+# ProtectSystem=strict + ReadWritePaths= (every mount read-only but the data), PrivateTmp= (an
+# empty writable /var/tmp as TMPDIR: /tmp holds the test's own folders), ProcSubset=pid +
+# ProtectProc=invisible, PrivateNetwork= (a new network namespace, from unshare --net) and
+# CapabilityBoundingSet= (empty); the seccomp filter above comes on top.
+SANDBOX = """set -eu
+data=$1; shift
+mount -t proc -o subset=pid,hidepid=invisible proc /proc || exit 77
+for point in $(awk '{ print $5 }' /proc/self/mountinfo | sort -u); do
+    case $point in /proc*|/dev*|/sys*) continue ;; esac
+    mount -o remount,bind,ro "$point" || exit 77
+done
+mount --bind "$data" "$data" && mount -o remount,bind,rw "$data" || exit 77
+mount -t tmpfs tmpfs /var/tmp || exit 77
+exec setpriv --bounding-set=-all --inh-caps=-all "$@"
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Iterator[StandIn]:
+    receiver = StandIn(tmp_path / "notify")
+    yield receiver
+    receiver.sock.close()
+
+
+@pytest.mark.slow
+def test_the_daemon_files_a_scan_inside_the_units_sandbox(systemd_analyze, tmp_path, stand_in):
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if platform.machine() != "x86_64" or not header.is_file() or not shutil.which("setpriv"):
+        pytest.skip("needs x86-64, its system call numbers (linux-libc-dev) and setpriv")
+    numbers = dict(re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
+    allowed = allowed_syscalls(systemd_analyze, (SYSTEMD / "digit-inbox.service").read_text())
+    argument = ",".join(sorted(numbers[name] for name in allowed if name in numbers))
+    # Two decoding processes and a backlog bigger than one pool task: the pool path runs too.
+    config = write_config(tmp_path, recognition={"workers": 2})
+    folders = Folders.under(tmp_path)
+    folders.inbox.mkdir(parents=True)
+    scans = 10
+    for index in range(scans):
+        drop(folders.inbox, f"scan-{index}.png", digit_png(index)[0])
+    daemon = [sys.executable, "-m", "digit_inbox.daemon", "run", "--config", str(config)]
+    command = [*UNSHARE, "--net", "sh", "-c", SANDBOX, "sh", str(tmp_path / "var"),
+               sys.executable, "-c", SECCOMP, argument, *daemon]  # fmt: skip
+    env = daemon_env(NOTIFY_SOCKET=str(stand_in.path), TMPDIR="/var/tmp", ORT_DISABLE_TELEMETRY="1")
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        sandbox = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        try:
+            stand_in.wait_for("READY=1", timeout=60, sender=sandbox)
+        except AssertionError:
+            if sandbox.poll() == 77:
+                pytest.skip(f"cannot build the sandbox here: {log.read_text()}")
+            raise
+        rows = wait_until(lambda: len(folders.report_rows()) == scans and folders.report_rows())
+        assert [row for row in rows if row["status"] == "error"] == []
+        assert len(folders.filed()) == scans and not list(folders.inbox.glob("*.png"))
+        # The daemon is the first process of its pid namespace, the only child of unshare.
+        daemon_pid = int(Path(f"/proc/{sandbox.pid}/task/{sandbox.pid}/children").read_text())
+        os.kill(daemon_pid, signal.SIGTERM)
+        assert sandbox.wait(timeout=30) == 0
+    except BaseException:
+        print(log.read_text(errors="replace"))
+        raise
+    finally:
+        if sandbox.poll() is None:
+            sandbox.kill()
+            sandbox.wait()
