@@ -202,7 +202,9 @@ class Daemon:
             self.signals(),
         ):
             self.model_id = self.reader.model_id
-            self.health = Health(self.cfg.status_file, self.cfg.metrics.textfile, self.model_id)
+            self.health = Health(
+                self.cfg.status_file, self.cfg.metrics.textfile, self.model_id, self.paths.inbox
+            )
             try:
                 self.recover()
                 with self.watcher:
