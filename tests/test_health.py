@@ -428,16 +428,19 @@ def test_the_daemons_counters_match_the_csv_rows_it_wrote(tmp_path, start_daemon
         drop(daemon.folders.inbox, name, data)
     rows = daemon.wait_rows(len(scans))
 
+    inbox = str(daemon.folders.inbox)
+
     def metrics() -> dict | None:
         if not (tmp_path / textfile).exists():
             return None
         _, samples = parse_prometheus((tmp_path / textfile).read_text())
-        done = value(samples, "digit_inbox_processing_seconds_count") == len(scans)
+        done = value(samples, "digit_inbox_processing_seconds_count", inbox=inbox) == len(scans)
         return samples if done else None
 
     samples = wait_until(metrics, what="the metrics to count every file")
     from_csv = csv_statuses(rows)
-    assert {s: value(samples, "digit_inbox_files_total", status=s) for s in from_csv} == from_csv
+    files_total = "digit_inbox_files_total"
+    assert {s: value(samples, files_total, inbox=inbox, status=s) for s in from_csv} == from_csv
     assert from_csv["error"] >= 1 and from_csv["ok"] + from_csv["low_confidence"] >= 1
     today = read_json(daemon.folders.state / "status.json")["counts"]["today"]
     assert {s: today[s] for s in from_csv} == from_csv
