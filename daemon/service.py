@@ -1,7 +1,7 @@
 """`digit-inbox run`: watch the inbox, and give every file dropped there one report row and one
 place in the outbox, review or failed folder.
 
-The recipe, on one thread (the observer thread only notices paths):
+The recipe (the observer thread only notices paths):
 
     finish what a previous run left half done (see journal.py for the protocol)
     watch the inbox, scan it, tell systemd we are ready
@@ -11,6 +11,9 @@ The recipe, on one thread (the observer thread only notices paths):
         read them    -> one row each; a file still being written goes back to the inbox
         file them    -> journal CLASSIFIED, link to its folder, append the rows, unlink the claim
     finish the batch in hand, write the status file, exit 0
+
+Reading a batch (decoding workers busy) overlaps filing the batch before it (mostly fsync), on
+a second thread that only reads: the journal, reports and moves stay on the main thread.
 
 Errors an operator can fix (disk full, permissions, read-only mounts) are retried with a growing
 pause and never turn a good scan into a failed one; the files wait, claimed, meanwhile. Losing
@@ -31,6 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -79,6 +83,7 @@ class Work:
     st: os.stat_result | None = None  # lstat of the claim right after claiming
     row: Row | None = None
     gone: bool = False  # vanished from processing/ before it was filed (someone removed it)
+    put_back: bool = False  # still being written when read: returned to the inbox
 
 
 def main(config_path: Path, check_only: bool = False, log_level: str | None = None) -> int:
@@ -222,28 +227,41 @@ class Daemon:
         return int(ExitCode.OK)
 
     def loop(self) -> None:
+        """Claim, read and file batches; one batch is read (on a thread: the decoding workers
+        do the work) while the one before it is filed (mostly waiting for fsync)."""
         self.next_metrics = self.next_ping = self.next_status = time.monotonic()
         self.busy_since_scan = False
-        while not self.stopping.is_set():
-            self.watcher.check()
-            ready, recheck = self.pending.take(self.cfg.recognition.batch_size)
-            if ready:
-                self.process(ready)
-                self.busy_since_scan = True
-            else:
-                self.mark_finished()
-                self.pending.wait(self.idle_seconds(recheck))
-            self.tick(drained=not ready)
-
-    def process(self, ready: list[Ready]) -> None:
-        work = self.claim(ready)
-        if work:
-            self.read_and_file(work)
+        reading: Future[list[Work]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="digit-inbox-read") as reader_thread:
+            try:
+                while not self.stopping.is_set():
+                    self.watcher.check()
+                    ready, recheck = self.pending.take(self.cfg.recognition.batch_size)
+                    claimed = self.claim(ready) if ready else []
+                    read, reading = reading, None
+                    if claimed:
+                        reading = reader_thread.submit(self.read, claimed)
+                    if read is not None:
+                        self.file_settled(read.result())
+                    if ready:
+                        self.busy_since_scan = True
+                    elif reading is None:
+                        self.mark_finished()
+                        self.pending.wait(self.idle_seconds(recheck))
+                    self.tick(drained=not ready)
+            finally:
+                if reading is not None:  # the batch in hand is finished, even when stopping
+                    self.file_settled(reading.result())
 
     def read_and_file(self, work: list[Work]) -> None:
-        work = self.read(work)
-        if work:
-            self.file(work)
+        self.file_settled(self.read(work))
+
+    def file_settled(self, work: list[Work]) -> None:
+        """File what was read; forget the claims of files that were put back to settle."""
+        self.forgotten += [w.entry.claim_id for w in work if w.put_back]
+        settled = [w for w in work if not w.put_back]
+        if settled:
+            self.file(settled)
 
     # --- Claim.
 
@@ -285,7 +303,10 @@ class Daemon:
     # --- Read.
 
     def read(self, work: list[Work]) -> list[Work]:
-        """Fill each item's row; put files that changed while being read back into the inbox."""
+        """Fill each item's row; put files that changed while being read back into the inbox.
+
+        Runs on the reading thread: touches files and the reader, never the journal.
+        """
         readable = []
         for w in work:
             assert w.st is not None
@@ -301,13 +322,10 @@ class Daemon:
                 readable.append(w)
         for w, row in zip(readable, self.read_rows(readable), strict=True):
             w.row = row
-        settled = []
-        for w in work:
-            if w.row is not None and w in readable and still_changing(w):
+        for w in readable:
+            if still_changing(w):
                 self.put_back(w)
-            else:
-                settled.append(w)
-        return settled
+        return work
 
     def read_rows(self, work: list[Work]) -> list[Row]:
         """The reader's rows; if it raises, each file alone, so one bad file fails alone."""
@@ -344,7 +362,7 @@ class Daemon:
                 break
             except FileExistsError:
                 continue
-        self.forgotten.append(w.entry.claim_id)
+        w.put_back = True
 
     # --- File.
 
