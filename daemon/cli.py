@@ -38,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show what the running daemon is doing")
     status.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
 
-    classify = sub.add_parser("classify", help="read the digit in each image; CSV to stdout")
+    classify = sub.add_parser(
+        "classify",
+        help="read the digit in each image; CSV to stdout",
+        epilog="Exit status: 0 when every file was read (status ok, low_confidence or blank), "
+        "1 when any file could not be read (status error; its row says why), "
+        "2 for a bad command line or a missing PATH, 5 when the model cannot be loaded.",
+    )
     classify.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                           help="image files or folders (searched recursively)")  # fmt: skip
     classify.add_argument("--output", "-o", type=Path, help="write the CSV here, not stdout")

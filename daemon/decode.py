@@ -4,11 +4,12 @@ Users drop whatever their scanner or phone makes, so every way a file can be bad
 `DecodeError` whose message names the problem; nothing here raises anything else for bad input.
 The bytes are read once: the sha256 in the report is of exactly the bytes that were classified.
 
-Pixels come back as uint8, (H, W) for grey or (H, W, 3) for colour (colour helps to find blue or
-red ink on tinted paper), paper bright and ink dark as on the page; alpha is composited onto
-white. uint8 rather than float keeps a 2,000 px page at 12 MB instead of 48 MB, and Pillow's C
-resizers work on it directly. Huge pages are reduced early to `WORK_PIXELS`, which still leaves
-a small digit on a big page enough pixels.
+The page comes back as an 8-bit Pillow image, mode L for grey or RGB for colour (colour helps
+to find blue or red ink on tinted paper), paper bright and ink dark as on the page, alpha
+composited onto white. Not a float array: preprocessing first shrinks the page with Pillow's C
+resizers, and a 2,000 px page would take 48 MB as float32. `Decoded.pixels` gives the array.
+Huge pages are reduced early to `WORK_PIXELS`, which still leaves a small digit on a big page
+enough pixels.
 """
 
 from __future__ import annotations
@@ -68,12 +69,17 @@ class DecodeError(DigitInboxError):
 
 @dataclass
 class Decoded:
-    pixels: np.ndarray  # uint8 (H, W) or (H, W, 3), maybe reduced from the file's size
+    image: Image.Image  # mode L or RGB, maybe reduced from the file's size
     width: int  # of the image as stored, after EXIF orientation
     height: int
     sha256: str
     format: str
     note: str = ""
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 (H, W) for grey, (H, W, 3) for colour."""
+        return np.asarray(self.image)
 
 
 def read_bytes(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
@@ -140,7 +146,7 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     except Exception:
         orientation = 1
     try:
-        pixels, turned = load_pixels(im, orientation, notes)
+        page, turned = load_page(im, orientation, notes)
     except DecodeError:
         raise
     except MemoryError:
@@ -149,7 +155,7 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
         raise DecodeError(broken_reason(fmt, exc)) from None
     if turned:
         width, height = height, width
-    return Decoded(pixels, width, height, sha256, fmt, "; ".join(notes))
+    return Decoded(page, width, height, sha256, fmt, "; ".join(notes))
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
@@ -182,8 +188,8 @@ def frame_count(im: Image.Image) -> int:
         return 1
 
 
-def load_pixels(im: Image.Image, orientation: int, notes: list[str]) -> tuple[np.ndarray, bool]:
-    """Decode the first frame (reduced when huge), orient it, flatten alpha -> (uint8, turned).
+def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Image.Image, bool]:
+    """Decode the first frame (reduced when huge), orient it, flatten alpha -> (L/RGB, turned).
 
     `turned` says EXIF orientation swapped width and height.
     """
@@ -203,8 +209,9 @@ def load_pixels(im: Image.Image, orientation: int, notes: list[str]) -> tuple[np
     im = flatten(im)
     if reduce > 1:
         im = im.reduce(reduce)
-    pixels = to_uint8(np.asarray(im)) if im.mode in ("I", "F") else np.asarray(im)
-    return pixels, turned
+    if im.mode in ("I", "F"):
+        im = Image.fromarray(to_uint8(np.asarray(im)))
+    return im, turned
 
 
 def flatten(im: Image.Image) -> Image.Image:
@@ -216,8 +223,9 @@ def flatten(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA")
     elif mode == "1":
         im = im.convert("L")
-    elif mode.startswith("I;16"):
-        im = im.convert("I")
+    elif mode.startswith("I;16"):  # 16-bit grey: the top byte is plenty for finding ink
+        wide = np.asarray(im).astype(np.uint16)
+        im = Image.fromarray((wide >> 8).astype(np.uint8))
     mode = im.mode
     if mode in ("LA", "La", "RGBA", "RGBa"):
         base = "L" if mode.startswith("L") else "RGB"

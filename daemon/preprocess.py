@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image
 
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
-from digit_inbox.daemon.decode import DecodeError, to_uint8
+from digit_inbox.daemon.decode import DecodeError, flatten, to_uint8
 
-OVERVIEW_PIXELS = 320 * 320  # first look at the page at about this many pixels
+OVERVIEW_PIXELS = 200 * 200  # first look at the page at about this many pixels
+POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail answers it
 DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
@@ -86,33 +87,43 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
         a = np.rint(colour * alpha + 255 * (1 - alpha)).astype(np.uint8)
         if a.shape[2] == 1:
             a = a[:, :, 0]
-    if a.ndim == 3 and int(np.ptp(a[::7, ::7].astype(np.int16), axis=2).max(initial=0)) < 12:
-        a = a[:, :, 1]  # a colour scan of grey content: one channel is three times cheaper
     return np.ascontiguousarray(a)
 
 
-def resized(img: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None = None):
-    """uint8 or float32 (H, W[, C]) -> float32 (h, w[, C]) in 0..1 for uint8 input.
+def as_page(pixels: np.ndarray | Image.Image) -> Image.Image:
+    """A page as an 8-bit Pillow image, mode L or RGB, from an image or any numeric array."""
+    if isinstance(pixels, Image.Image):
+        if pixels.mode in ("L", "RGB"):
+            return pixels
+        page = flatten(pixels)
+        return page if page.mode in ("L", "RGB") else Image.fromarray(to_uint8(np.asarray(page)))
+    return Image.fromarray(as_uint8(pixels))
 
-    Area-averaging when shrinking, bilinear when enlarging; `box` (x0, y0, x1, y1) picks a
-    region of the source first.
-    """
+
+def page_pixels(
+    page: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """(part of) a page resized to size (h, w) -> float32 (h, w[, 3]) in 0..1, by area
+    averaging when shrinking (anti-aliased, like a lower-resolution scan)."""
     h, w = size
-    src_h, src_w = img.shape[:2]
-    box = box or (0, 0, src_w, src_h)
+    box = box or (0, 0, page.width, page.height)
     shrinking = (box[2] - box[0]) > w and (box[3] - box[1]) > h
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-    if img.dtype == np.uint8:
-        out = np.asarray(Image.fromarray(img).resize((w, h), resample, box=box), np.float32)
-        return out / np.float32(255)
-    planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
-    out = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(p, np.float32), "F").resize(
-            (w, h), resample, box=box
-        ))
-        for p in planes
-    ]  # fmt: skip
-    return out[0] if img.ndim == 2 else np.stack(out, axis=2)
+    out = np.asarray(page.resize((w, h), resample, box=box, reducing_gap=2.0), np.float32)
+    return out * np.float32(1 / 255)
+
+
+def resized(
+    plane: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """A 2-D float array resized to size (h, w), optionally from the region box (x0, y0, x1, y1):
+    area-averaging when shrinking, bilinear when enlarging."""
+    h, w = size
+    src = Image.fromarray(np.ascontiguousarray(plane, np.float32), "F")
+    box = box or (0, 0, src.width, src.height)
+    shrinking = (box[2] - box[0]) > w and (box[3] - box[1]) > h
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    return np.asarray(src.resize((w, h), resample, box=box))
 
 
 def overview_size(h: int, w: int, pixels: int = OVERVIEW_PIXELS) -> tuple[int, int]:
@@ -124,82 +135,94 @@ def overview_size(h: int, w: int, pixels: int = OVERVIEW_PIXELS) -> tuple[int, i
 
 
 def grey(img: np.ndarray) -> np.ndarray:
-    return img if img.ndim == 2 else img.mean(axis=2, dtype=np.float32)
+    return img if img.ndim == 2 else (img[:, :, 0] + img[:, :, 1] + img[:, :, 2]) / 3
 
 
-def block_percentile(img: np.ndarray, block: int, q: float) -> np.ndarray:
-    """The q-quantile of each block x block cell of img (H, W[, C]) -> (ny, nx[, C])."""
-    h, w = img.shape[:2]
+def block_percentile(plane: np.ndarray, block: int, q: float) -> np.ndarray:
+    """The q-quantile of each block x block cell of a 2-D array -> (ny, nx)."""
+    h, w = plane.shape
     ny, nx = -(-h // block), -(-w // block)
-    pad = [(0, ny * block - h), (0, nx * block - w)] + [(0, 0)] * (img.ndim - 2)
-    padded = np.pad(img, pad, mode="edge")
-    cells = padded.reshape(ny, block, nx, block, -1).transpose(0, 2, 4, 1, 3)
-    cells = cells.reshape(ny, nx, -1, block * block)
+    padded = np.pad(plane, [(0, ny * block - h), (0, nx * block - w)], mode="edge")
+    cells = padded.reshape(ny, block, nx, block).transpose(0, 2, 1, 3).reshape(ny, nx, -1)
     k = round(q * (block * block - 1))
-    out = np.partition(cells, k, axis=-1)[..., k]
-    return out[:, :, 0] if img.ndim == 2 else out
+    return np.partition(cells, k, axis=-1)[..., k]
 
 
-def spread(cells: np.ndarray, shape: tuple[int, int], block: int) -> np.ndarray:
-    """Upsample a per-cell estimate (ny, nx[, C]) smoothly back to the pixel grid `shape`."""
-    ny, nx = cells.shape[:2]
+def spread(cells: np.ndarray, shape: tuple[int, ...], block: int) -> np.ndarray:
+    """Upsample a per-cell estimate (ny, nx) smoothly back to the pixel grid `shape`."""
+    ny, nx = cells.shape
     full = resized(cells.astype(np.float32), (ny * block, nx * block))
     return full[: shape[0], : shape[1]]
 
 
-def neighbourhood(a: np.ndarray, reduce: np.ufunc) -> np.ndarray:
-    """3x3 max/min/... over the first two axes, edges repeated."""
-    p = np.pad(a, [(1, 1), (1, 1)] + [(0, 0)] * (a.ndim - 2), mode="edge")
-    h, w = a.shape[:2]
-    out = p[1 : h + 1, 1 : w + 1].copy()
-    for dy in range(3):
-        for dx in range(3):
-            reduce(out, p[dy : dy + h, dx : dx + w], out=out)
+def neighbourhood(a: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """op (maximum, logical_or, ...) over each 3x3 neighbourhood of a 2-D array."""
+    rows = a.copy()
+    op(rows[1:], a[:-1], out=rows[1:])
+    op(rows[:-1], a[1:], out=rows[:-1])
+    out = rows.copy()
+    op(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    op(out[:, :-1], rows[:, 1:], out=out[:, :-1])
     return out
 
 
-def block_size(shape: tuple[int, ...], blocks: int = BACKGROUND_BLOCKS) -> int:
-    return max(2, round(max(shape[:2]) / blocks))
+def block_size(shape: tuple[int, ...]) -> int:
+    return max(2, round(max(shape[:2]) / BACKGROUND_BLOCKS))
 
 
-def light_ink(page: np.ndarray) -> bool:
+def light_ink(small: np.ndarray) -> bool:
     """True for light ink on dark paper (chalk, inverted scans).
 
     Whichever way round, the paper is what the ink map marks wrongly: read as the wrong
     polarity, the paper around every stroke turns into "ink". So the polarity whose ink map is
-    lighter overall is the right one. Judged on a small copy: it is a global question.
+    lighter overall is the right one. `small`: a thumbnail of the page (a global question needs
+    no detail), with the brightest (darkest) pixel nearby taken as the paper.
     """
-    h, w = page.shape[:2]
-    small = resized(page, overview_size(h, w, 96 * 96)) if h * w > 96 * 96 else page
     small = grey(small)
-    dark = float(ink_strength(small, background(small)[0]).mean())
-    light = float(ink_strength(1 - small, background(1 - small)[0]).mean())
+    k = max(3, round(max(small.shape) / 7)) | 1
+    brightest, darkest = window(small, k, np.maximum), window(small, k, np.minimum)
+    dark = float(np.mean(1 - small / np.maximum(brightest, 0.04)))
+    light = float(np.mean(1 - (1 - small) / np.maximum(1 - darkest, 0.04)))
     return light < 0.7 * dark
 
 
-def background(img: np.ndarray, blocks: int = BACKGROUND_BLOCKS) -> tuple[np.ndarray, int]:
-    """Paper brightness per pixel and channel, and the grid cell size it was estimated on.
+def window(a: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """op over the k x k neighbourhood of every pixel (k odd), edges repeated."""
+    r = k // 2
+    p = np.pad(a, r, mode="edge")
+    return sliding(sliding(p, k, op).T, k, op).T
+
+
+def ink_plane(page: np.ndarray, light: bool) -> np.ndarray:
+    """One channel with the ink dark: the darkest colour channel finds blue ink on yellow
+    paper or red ink on white as well as black (for light ink: the brightest, inverted)."""
+    plane = 1 - page if light else page
+    if plane.ndim == 3:
+        plane = np.minimum(np.minimum(plane[:, :, 0], plane[:, :, 1]), plane[:, :, 2])
+    return plane
+
+
+def background(plane: np.ndarray) -> np.ndarray:
+    """Paper brightness at every pixel of a single-channel page (ink dark).
 
     A high percentile per small cell follows shading, shadows and tinted paper closely. A cell
     that ink fills (a thick marker stroke) reads much darker than its brightest neighbour -
     more than light falls off between neighbouring cells - and takes that neighbour's value.
     """
-    block = block_size(img.shape, blocks)
-    cells = block_percentile(img, block, PAPER_PERCENTILE)
+    block = block_size(plane.shape)
+    cells = block_percentile(plane, block, PAPER_PERCENTILE)
     for _ in range(3):
         brightest = neighbourhood(cells, np.maximum)
         filled = cells < INKED_CELL * brightest
         if not filled.any():
             break
         cells = np.where(filled, brightest, cells)
-    return spread(np.asarray(cells, np.float32), img.shape[:2], block), block
+    return spread(cells, plane.shape, block)
 
 
-def ink_strength(img: np.ndarray, paper: np.ndarray) -> np.ndarray:
-    """How much darker than its paper each pixel is (0 paper .. 1 black), strongest channel."""
-    ratio = img / np.maximum(paper, 0.04)
-    darkest = ratio if ratio.ndim == 2 else ratio.min(axis=2)
-    return np.clip(1 - darkest, 0, 1).astype(np.float32)
+def ink_strength(plane: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """How much darker than its paper each pixel is: 0 paper .. 1 black."""
+    return np.clip(1 - plane / np.maximum(paper, 0.04), 0, 1).astype(np.float32)
 
 
 def threshold(ink: np.ndarray) -> float:
@@ -254,14 +277,20 @@ def thin_rows(mask: np.ndarray, k: int) -> np.ndarray:
     h, w = mask.shape
     if h < k:
         return mask
-    c = np.zeros((h + 1, w), np.int32)
-    np.cumsum(mask, axis=0, out=c[1:])
-    full = (c[k:] - c[:-k]) == k  # window of rows i .. i+k-1 is all ink
-    f = np.zeros((h - k + 2, w), np.int32)
-    np.cumsum(full, axis=0, out=f[1:])
-    r = np.arange(h)
-    lo, hi = np.clip(r - k + 1, 0, h - k + 1), np.clip(r + 1, 0, h - k + 1)
-    return mask & ((f[hi] - f[lo]) == 0)
+    full = sliding(mask, k, np.logical_and)  # full[i]: rows i .. i+k-1 all ink
+    edge = np.zeros((k - 1, w), bool)
+    covered = sliding(np.concatenate([edge, full, edge]), k, np.logical_or)
+    return mask & ~covered
+
+
+def sliding(a: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """op over every window of k consecutive rows (len(a) - k + 1 rows), in log2(k) steps."""
+    n = 1
+    while n < k:
+        step = min(n, k - n)
+        a = op(a[:-step], a[step:])
+        n += step
+    return a
 
 
 def line_candidates(mask: np.ndarray) -> list[Line]:
@@ -281,20 +310,22 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
         p = np.bincount(shear_rows(rows, cols, slope, w))
         return float(np.max(p[:-1] + p[1:]))
 
-    step = 0.02
-    best = max(np.arange(-0.1, 0.1001, step), key=peak)
-    slope = float(max(np.arange(best - step, best + step + 1e-9, step / 4), key=peak))
+    step = 0.025
+    best = float(max(np.linspace(-0.1, 0.1, 9), key=peak))
+    slope = float(max(np.linspace(best - step / 2, best + step / 2, 5), key=peak))
 
     sheared = shear_rows(rows, cols, slope, w)
     profile = np.bincount(sheared)
     found: list[Line] = []
     strong = profile >= min_length
-    for r in np.flatnonzero(strong & ~np.r_[False, strong[:-1]]):  # starts of strong bands
+    for start in np.flatnonzero(strong & ~np.r_[False, strong[:-1]]):  # starts of strong bands
+        r = int(start)
         stop = r
         while stop + 1 < len(profile) and strong[stop + 1]:
             stop += 1
         top = profile[r : stop + 1].max()
-        core = np.flatnonzero(profile[max(0, r - 2) : stop + 3] >= 0.5 * top) + max(0, r - 2)
+        lo = max(0, r - 2)
+        core = np.flatnonzero(profile[lo : stop + 3] >= 0.5 * top) + lo
         a, b = int(core.min()), int(core.max())
         if b - a + 1 > max_thickness:
             continue  # a thick bar: the body of a digit or a dark region, not a printed line
@@ -346,15 +377,17 @@ def segments(
     return out
 
 
-def remove_lines(mask: np.ndarray) -> np.ndarray:
+def remove_lines(
+    mask: np.ndarray, horizontal: list[Line] | None = None, vertical: list[Line] | None = None
+) -> np.ndarray:
     """Remove form boxes, ruled lines and underlines; keep the digit, also where it crosses one.
 
     A long thin straight run counts as a line when it spans almost the whole page, or when it
     reaches beyond the digit (the largest blob of the other ink) on both ends: a box edge, a
     rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does.
     """
-    horizontal = line_candidates(mask)
-    vertical = line_candidates(mask.T)
+    horizontal = line_candidates(mask) if horizontal is None else horizontal
+    vertical = line_candidates(mask.T) if vertical is None else vertical
     if not horizontal and not vertical:
         return mask
     lines = [(line, line.pixels, 1) for line in horizontal]
@@ -394,21 +427,23 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     `parent[parent]` until stable: O(log n) passes of vectorised work.
     """
     h, w = mask.shape
-    flat = np.flatnonzero(mask)
-    labels = np.zeros(h * w, np.int32)
-    if len(flat) == 0:
-        return labels.reshape(h, w), 0
-    node = np.full(h * w, -1, np.int64)
-    node[flat] = np.arange(len(flat))
+    padded = np.zeros((h + 1, w + 2), bool)  # a blank column each side and row below: no wrap
+    padded[:h, 1:-1] = mask
+    flat = padded.ravel()
+    pixels = np.flatnonzero(flat)
+    labels = np.zeros((h + 1, w + 2), np.int32)
+    if len(pixels) == 0:
+        return labels[:h, 1:-1], 0
+    node = np.zeros(flat.size, np.int64)
+    node[pixels] = np.arange(len(pixels))
     us, vs = [], []
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        c0, c1 = max(0, -dx), w - max(0, dx)
-        both = mask[: h - dy, c0:c1] & mask[dy:, c0 + dx : c1 + dx]
-        r, c = np.nonzero(both)
-        us.append(node[r * w + c + c0])
-        vs.append(node[(r + dy) * w + c + c0 + dx])
+    for offset in (1, w + 1, w + 2, w + 3):  # right, down-left, down, down-right
+        neighbour = pixels + offset
+        linked = flat[np.minimum(neighbour, flat.size - 1)] & (neighbour < flat.size)
+        us.append(np.flatnonzero(linked))
+        vs.append(node[neighbour[linked]])
     u, v = np.concatenate(us), np.concatenate(vs)
-    parent = np.arange(len(flat))
+    parent = np.arange(len(pixels))
     while len(u):
         pu, pv = parent[u], parent[v]
         differ = pu != pv
@@ -422,8 +457,8 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
                 break
             parent = grand
     _, ids = np.unique(parent, return_inverse=True)
-    labels[flat] = ids.ravel() + 1
-    return labels.reshape(h, w), int(ids.max()) + 1
+    labels.ravel()[pixels] = ids.ravel() + 1
+    return labels[:h, 1:-1], int(ids.max()) + 1
 
 
 @dataclass
@@ -438,14 +473,16 @@ class Components:
 def components(labels: np.ndarray, n: int) -> Components:
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs] - 1
-    area = np.bincount(ids, minlength=n)
-    y0, x0 = np.full(n, labels.shape[0]), np.full(n, labels.shape[1])
-    y1, x1 = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    np.minimum.at(y0, ids, ys)
-    np.minimum.at(x0, ids, xs)
-    np.maximum.at(y1, ids, ys + 1)
-    np.maximum.at(x1, ids, xs + 1)
-    return Components(area, y0, x0, y1, x1)
+    order = np.argsort(ids, kind="stable")
+    ids, ys, xs = ids[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return Components(
+        np.diff(np.r_[starts, len(ids)]),
+        np.minimum.reduceat(ys, starts),
+        np.minimum.reduceat(xs, starts),
+        np.maximum.reduceat(ys, starts) + 1,
+        np.maximum.reduceat(xs, starts) + 1,
+    )
 
 
 def select_digit(labels: np.ndarray, n: int) -> np.ndarray:
@@ -482,20 +519,24 @@ def find_digit(ink: np.ndarray, page_side: float) -> Digit | str:
     without them.
     """
     t = threshold(ink)
-    mask = ink >= t
-    if not mask.any():
+    raw = ink >= t
+    if not raw.any():
         return "no ink darker than the paper"
-    bordered = clear_border(mask)
-    structure = mask & ~bordered
-    for line in line_candidates(bordered):
+    mask = clear_border(raw)
+    horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
+    structure = raw & ~mask
+    for line in horizontal:
         structure |= line.pixels
-    for line in line_candidates(bordered.T):
+    for line in vertical:
         structure |= line.pixels.T
     if structure.any():
         quiet = np.where(neighbourhood(structure, np.logical_or), 0, ink)
-        t = min(t, threshold(quiet))
-        mask = ink >= t
-    cleaned = remove_lines(clear_border(mask))
+        lower = threshold(quiet)
+        if lower < t - 0.02:
+            t = lower
+            mask = clear_border(ink >= t)
+            horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
+    cleaned = remove_lines(mask, horizontal, vertical)
     labels, n = label(cleaned)
     if n == 0:
         return "only lines, no digit"
@@ -559,25 +600,24 @@ def centre(small: np.ndarray) -> np.ndarray:
 # --- the pipeline ------------------------------------------------------------------------
 
 
-def prepare(pixels: np.ndarray, debug: bool = False) -> Prepared:
-    """Page pixels (as `decode` yields, or any numeric array) -> the model's 28x28, or blank.
+def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
+    """A page (as `decode` yields it, or any numeric array) -> the model's 28x28, or blank.
 
     Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
     """
-    img = as_uint8(pixels)
-    h, w = img.shape[:2]
+    img = as_page(pixels)
+    w, h = img.size
     steps: dict[str, np.ndarray] = {}
     if min(h, w) < 3:
         return Prepared(None, "image too small to hold a digit", steps)
     oh, ow = overview_size(h, w)
-    page = resized(img, (oh, ow))
+    page = page_pixels(img, (oh, ow))
     if debug:
         steps["page"] = page
-    light = light_ink(page)
-    if light:
-        page = 1 - page
-    paper, _ = background(page)
-    ink = ink_strength(page, paper)
+    light = light_ink(page_pixels(img, overview_size(h, w, POLARITY_PIXELS)))
+    plane = ink_plane(page, light)
+    paper = background(plane)
+    ink = ink_strength(plane, paper)
     scale = oh / h
     found = find_digit(ink, max(oh, ow))
     if isinstance(found, Digit):
@@ -591,18 +631,16 @@ def prepare(pixels: np.ndarray, debug: bool = False) -> Prepared:
         steps["ink"] = ink
     if not isinstance(found, Digit):
         return Prepared(None, found, steps)
-    y0, x0, y1, x1 = found.box
-    if debug:
-        steps["mask"] = found.mask.astype(np.float32)
     image, crop = normalise(ink, found)
     if debug:
+        steps["mask"] = found.mask.astype(np.float32)
         steps["crop"] = crop
         steps["digit"] = image
     return Prepared(image, "", steps)
 
 
 def look_closer(
-    img: np.ndarray,
+    img: Image.Image,
     light: bool,
     paper: np.ndarray,
     box: tuple[int, int, int, int],
@@ -614,25 +652,21 @@ def look_closer(
     The paper estimate of the overview is reused (it is smooth); lines and specks are cleaned
     again at the finer resolution.
     """
-    h, w = img.shape[:2]
+    w, h = img.size
     y0, x0, y1, x1 = (v / scale for v in box)
     margin = 0.6 * max(y1 - y0, x1 - x0)
-    y0, x0 = max(0.0, y0 - margin), max(0.0, x0 - margin)
-    y1, x1 = min(float(h), y1 + margin), min(float(w), x1 + margin)
-    iy0, ix0, iy1, ix1 = int(y0), int(x0), math.ceil(y1), math.ceil(x1)
+    iy0, ix0 = max(0, int(y0 - margin)), max(0, int(x0 - margin))
+    iy1, ix1 = min(h, math.ceil(y1 + margin)), min(w, math.ceil(x1 + margin))
     size = (max(3, round((iy1 - iy0) * wanted)), max(3, round((ix1 - ix0) * wanted)))
-    region = resized(img[iy0:iy1, ix0:ix1], size)
-    if light:
-        region = 1 - region
-    ph, pw = paper.shape[:2]
+    plane = ink_plane(page_pixels(img, size, (ix0, iy0, ix1, iy1)), light)
+    ph, pw = paper.shape
     paper_box = (
         min(ix0 * scale, pw),
         min(iy0 * scale, ph),
         min(ix1 * scale, pw),
         min(iy1 * scale, ph),
     )
-    local_paper = resized(paper, size, box=paper_box)
-    ink = ink_strength(region, local_paper)
+    ink = ink_strength(plane, resized(paper, size, box=paper_box))
     found = find_digit(ink, max(h, w) * wanted)
     if not isinstance(found, Digit):
         return None

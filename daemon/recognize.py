@@ -1,0 +1,270 @@
+"""Read many scans: decode and preprocess in worker processes, classify in batches here.
+
+Decoding and preprocessing are pure CPU work per file, so they spread over worker processes;
+the ONNX model runs here, once per batch of images, where batching makes it cheap. The pool is
+started once with `forkserver` (or `spawn`), never `fork`: the daemon has watchdog threads, and
+forking a threaded process can deadlock the child. Workers never import onnxruntime.
+
+`prepare_file` does one file without any pool (for the daemon's single files and for tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from digit_inbox.daemon import decode, preprocess
+from digit_inbox.daemon.rows import Row, Status
+
+if TYPE_CHECKING:
+    from digit_inbox.daemon.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+FILES_PER_TASK = 4  # fewer round trips to the workers, still fine-grained enough to balance
+
+
+@dataclass
+class Prepared:
+    """What a worker sends back for one file: small and picklable (no page pixels)."""
+
+    image: np.ndarray | None  # (28, 28) float32 for the model; None for blank and error
+    status: Status | None = None  # BLANK or ERROR; None until the model has spoken
+    note: str = ""
+    error: str = ""
+    width: int | None = None
+    height: int | None = None
+    sha256: str = ""
+    ms: float = 0.0
+
+
+def prepare_file(
+    path: Path, max_pixels: int = decode.DEFAULT_MAX_PIXELS, debug_path: Path | None = None
+) -> Prepared:
+    """Decode and preprocess one file. Never raises for a bad file: it says why instead."""
+    start = time.perf_counter()
+    try:
+        decoded = decode.decode(path, max_pixels)
+        prepared = preprocess.prepare(decoded.image, debug=debug_path is not None)
+    except decode.DecodeError as exc:
+        return Prepared(None, Status.ERROR, error=exc.reason, ms=elapsed_ms(start))
+    except MemoryError:
+        return Prepared(None, Status.ERROR, error="not enough memory", ms=elapsed_ms(start))
+    except Exception as exc:  # a bug: one file must not stop the others
+        log.exception("%s: preprocessing failed", path)
+        reason = f"internal error ({type(exc).__name__}: {decode.one_line(exc)}); please report"
+        return Prepared(None, Status.ERROR, error=reason, ms=elapsed_ms(start))
+    notes = [n for n in (decoded.note, prepared.blank_reason) if n]
+    if debug_path is not None:
+        write_strip(debug_path, prepared.steps)
+    return Prepared(
+        prepared.image,
+        None if prepared.image is not None else Status.BLANK,
+        note="; ".join(notes),
+        width=decoded.width,
+        height=decoded.height,
+        sha256=decoded.sha256,
+        ms=elapsed_ms(start),
+    )
+
+
+def prepare_files(jobs: Sequence[tuple[Path, int, Path | None]]) -> list[Prepared]:
+    """A worker's task: a few files in one round trip."""
+    return [prepare_file(path, max_pixels, debug) for path, max_pixels, debug in jobs]
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def write_strip(path: Path, steps: dict[str, np.ndarray]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(preprocess.strip(steps)).save(path)
+    except OSError as exc:
+        log.warning("cannot write the debug strip %s: %s", path, exc)
+
+
+def debug_name(name: str) -> str:
+    """A flat, safe file name for the debug strip of the file called `name`."""
+    flat = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__").replace(os.sep, "__"))
+    return flat.lstrip(".") + ".png"
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class Reader:
+    """Decode+preprocess in worker processes (use both cores), classify in batches here."""
+
+    def __init__(
+        self,
+        model: Path | None = None,
+        *,
+        min_confidence: float = 0.6,
+        max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+        workers: int | None = None,
+        batch_size: int = 64,
+        debug_dir: Path | None = None,
+    ) -> None:
+        from digit_inbox.daemon.classifier import Classifier  # not in the workers
+
+        # One inference thread: the workers already keep the other cores busy.
+        self.classifier: Classifier = Classifier(model, threads=1)
+        self.model_id: str = self.classifier.model_id
+        self.min_confidence = min_confidence
+        self.max_pixels = max_pixels
+        self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
+        self.batch_size = max(1, batch_size)
+        self.debug_dir = debug_dir
+        self._pool: ProcessPoolExecutor | None = None
+
+    def read(self, items: Sequence[tuple[Path, str]]) -> list[Row]:
+        """One Row per (path on disk, name for the `file` column), in input order. Never raises
+        for a bad file (error row instead)."""
+        return list(self.iter_read(items))
+
+    def iter_read(self, items: Iterable[tuple[Path, str]]) -> Iterator[Row]:
+        """Like `read`, yielding rows batch by batch as they are done; memory stays flat."""
+        batch: list[tuple[str, Prepared]] = []
+        for name, prepared in self._prepare_all(items):
+            batch.append((name, prepared))
+            if len(batch) >= self.batch_size:
+                yield from self._classify(batch)
+                batch = []
+        if batch:
+            yield from self._classify(batch)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _job(self, path: Path, name: str) -> tuple[Path, int, Path | None]:
+        debug = self.debug_dir / debug_name(name) if self.debug_dir is not None else None
+        return path, self.max_pixels, debug
+
+    def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:
+        few = isinstance(items, Sequence) and len(items) < 2 * FILES_PER_TASK
+        if self.workers <= 1 or (few and self._pool is None):  # a pool costs ~1 s to start
+            for path, name in items:
+                yield name, prepare_file(*self._job(path, name))
+            return
+        window = max(2 * self.batch_size, 8 * self.workers) // FILES_PER_TASK + 1
+        pending: deque[tuple[list[tuple[Path, str]], Future[list[Prepared]]]] = deque()
+        chunks = chunked(items, FILES_PER_TASK)
+        while True:
+            while len(pending) < window:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                pending.append((chunk, self._submit(chunk)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            yield from zip([name for _, name in chunk], self._result(chunk, future), strict=True)
+
+    def _submit(self, chunk: list[tuple[Path, str]]) -> Future[list[Prepared]]:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=pool_context())
+        return self._pool.submit(prepare_files, [self._job(p, n) for p, n in chunk])
+
+    def _result(
+        self, chunk: list[tuple[Path, str]], future: Future[list[Prepared]]
+    ) -> list[Prepared]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            # A worker died (a decoder crashed, or the OOM killer): retry these files one by
+            # one in a fresh pool, so only the file that kills it again gets an error row.
+            log.warning("a worker process died; retrying its files one by one")
+            return [self._retry(path, name) for path, name in chunk]
+
+    def _retry(self, path: Path, name: str) -> Prepared:
+        self._restart_pool()
+        try:
+            assert self._pool is not None
+            return self._pool.submit(prepare_files, [self._job(path, name)]).result()[0]
+        except BrokenProcessPool:
+            self._restart_pool()
+            return Prepared(None, Status.ERROR, error="the decoder crashed on this file")
+
+    def _restart_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=pool_context())
+
+    def _classify(self, batch: list[tuple[str, Prepared]]) -> list[Row]:
+        start = time.perf_counter()
+        ready = [p.image for _, p in batch if p.image is not None]
+        probs = self.classifier.predict(np.stack(ready)) if ready else np.zeros((0, 10))
+        share = elapsed_ms(start) / max(len(ready), 1)
+        rows, k = [], 0
+        for name, prepared in batch:
+            if prepared.image is None:
+                rows.append(self._row(name, prepared, None, 0.0))
+            else:
+                rows.append(self._row(name, prepared, probs[k], share))
+                k += 1
+        return rows
+
+    def _row(self, name: str, p: Prepared, probs: np.ndarray | None, share: float) -> Row:
+        row = Row(
+            file=name,
+            status=p.status or Status.OK,
+            note=p.note,
+            error=p.error,
+            width=p.width,
+            height=p.height,
+            sha256=p.sha256,
+            model=self.model_id,
+            ms=p.ms + share,
+        )
+        if probs is not None:
+            first, second = (int(i) for i in np.argsort(probs)[::-1][:2])
+            row.digit, row.confidence = str(first), float(probs[first])
+            row.runner_up, row.runner_up_confidence = str(second), float(probs[second])
+            row.digit_confidences = f"{row.confidence:.4f}"
+            if row.confidence < self.min_confidence:
+                row.status = Status.LOW_CONFIDENCE
+        return row
+
+
+def chunked(items: Iterable[tuple[Path, str]], size: int) -> Iterator[list[tuple[Path, str]]]:
+    chunk: list[tuple[Path, str]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
