@@ -124,7 +124,7 @@ def write_config(root: Path, workers: int | None, batch_size: int) -> Path:
         "        reports: ./reports, state: ./state}\n"
         f"recognition: {{workers: {'null' if workers is None else workers}, "
         f"batch_size: {batch_size}}}\n"
-        "log_level: WARNING\n"
+        "log_level: INFO\n"
     )
     return config
 

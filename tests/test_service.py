@@ -1,0 +1,210 @@
+"""The daemon's loop in-process with a stand-in reader: the rare paths that real files cannot
+easily provoke (a full disk, a name taken at the last moment, a reader that crashes)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import Folders, drop, wait_until, write_config
+
+from digit_inbox.daemon import config, report, service
+from digit_inbox.daemon.rows import Row, Status
+
+
+class FakeReader:
+    """Reads files whose bytes are `digit:<d>`; anything else is an error row."""
+
+    model_id = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on: set[str] = set()  # names whose presence makes `read` raise
+
+    def read(self, items: Sequence[tuple[Path, str]]) -> list[Row]:
+        self.calls.append([name for _, name in items])
+        if any(name in self.fail_on for _, name in items):
+            raise RuntimeError("reader crashed")
+        rows = []
+        for path, name in items:
+            data = path.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            if data.startswith(b"digit:"):
+                digit = data[6:7].decode()
+                rows.append(Row(name, Status.OK, digit=digit, confidence=0.9, sha256=sha))
+            else:
+                rows.append(Row(name, Status.ERROR, error="not a digit file", sha256=sha))
+        return rows
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def run_daemon(tmp_path: Path) -> Iterator[Callable[..., tuple[service.Daemon, FakeReader]]]:
+    """Start a daemon on a thread with a FakeReader; it is stopped and joined at the end."""
+    running: list[tuple[service.Daemon, threading.Thread]] = []
+
+    def start(**sections: dict[str, object]) -> tuple[service.Daemon, FakeReader]:
+        cfg = config.load(write_config(tmp_path, **sections))
+        reader = FakeReader()
+        daemon = service.Daemon(cfg, lambda: reader)
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        wait_until(lambda: hasattr(daemon, "watcher") and daemon.watcher.observer, 10, "start")
+        running.append((daemon, thread))
+        return daemon, reader
+
+    yield start
+    for daemon, thread in running:
+        daemon.stop()
+        thread.join(30)
+
+
+def rows_of(tmp_path: Path, count: int) -> list[dict[str, str]]:
+    folders = Folders.under(tmp_path)
+
+    def enough() -> list[dict[str, str]] | None:
+        rows = folders.report_rows()
+        return rows if len(rows) >= count else None
+
+    return wait_until(enough, 20, f"{count} rows")  # type: ignore[no-any-return]
+
+
+def test_a_full_disk_is_waited_out_and_the_file_stays_claimed_meanwhile(
+    run_daemon, tmp_path, monkeypatch
+):
+    failures = {"left": 2}
+    real_append = report.Report.append
+
+    def append(self: report.Report, lines: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, lines)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report.Report, "append", append)
+    daemon, _ = run_daemon()
+    drop(daemon.paths.inbox, "a.png", b"digit:4")
+    wait_until(lambda: failures["left"] == 1, 10, "the first failure")
+    assert len(list(daemon.paths.processing.iterdir())) == 1  # claimed, not lost
+    [row] = rows_of(tmp_path, 1)
+    assert row["status"] == "ok" and row["moved_to"] == "outbox/4/a.png"
+    assert failures["left"] == 0
+    assert list(daemon.paths.processing.iterdir()) == []
+    assert not daemon.paths.failed.exists() or not any(daemon.paths.failed.iterdir())
+
+
+def test_a_name_taken_at_the_last_moment_gets_the_next_number_in_file_and_row(
+    run_daemon, tmp_path, monkeypatch
+):
+    real_place = service.filing.place
+
+    def place(claimed: Path, dest: Path) -> None:
+        if dest.name == "a.png" and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(b"someone else's")  # appears between choosing and linking
+        real_place(claimed, dest)
+
+    monkeypatch.setattr(service.filing, "place", place)
+    daemon, _ = run_daemon()
+    drop(daemon.paths.inbox, "a.png", b"digit:2")
+    [row] = rows_of(tmp_path, 1)
+    assert row["moved_to"] == "outbox/2/a_1.png"
+    assert (daemon.paths.outbox / "2" / "a.png").read_bytes() == b"someone else's"
+    assert (daemon.paths.outbox / "2" / "a_1.png").read_bytes() == b"digit:2"
+
+
+def test_a_reader_crash_fails_only_the_file_that_causes_it(run_daemon, tmp_path):
+    daemon, reader = run_daemon(recognition={"batch_size": 8})
+    reader.fail_on = {"poison.png"}
+    for name in ("a.png", "poison.png", "b.png"):
+        (daemon.paths.inbox.parent / name).write_bytes(b"digit:1")
+    for name in ("a.png", "poison.png", "b.png"):  # one batch: all three at once
+        (daemon.paths.inbox.parent / name).rename(daemon.paths.inbox / name)
+    rows = {r["file"]: r for r in rows_of(tmp_path, 3)}
+    assert rows["poison.png"]["status"] == "error"
+    assert "reader failed" in rows["poison.png"]["error"]
+    assert rows["a.png"]["status"] == rows["b.png"]["status"] == "ok"
+
+
+def test_duplicates_are_flagged_and_with_the_review_policy_sent_to_review(run_daemon, tmp_path):
+    daemon, _ = run_daemon(filing={"duplicates": "review"})
+    drop(daemon.paths.inbox, "first.png", b"digit:5")
+    rows_of(tmp_path, 1)
+    drop(daemon.paths.inbox, "again.png", b"digit:5")
+    rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
+    assert rows["first.png"]["duplicate_of"] == ""
+    assert rows["again.png"]["duplicate_of"] == "outbox/5/first.png"
+    assert rows["again.png"]["moved_to"] == "review/again.png"
+
+
+def test_the_outbox_layout_can_file_by_date(run_daemon, tmp_path):
+    daemon, _ = run_daemon(filing={"layout": "{date}/{digit}"})
+    drop(daemon.paths.inbox, "a.png", b"digit:7")
+    [row] = rows_of(tmp_path, 1)
+    day = row["time"][:10]
+    assert row["moved_to"] == f"outbox/{day}/7/a.png"
+    assert (daemon.paths.outbox / day / "7" / "a.png").exists()
+
+
+def test_same_names_from_different_sub_folders_never_overwrite_each_other(run_daemon, tmp_path):
+    daemon, _ = run_daemon(watch={"recursive": True})
+    for folder in ("x", "y"):
+        (daemon.paths.inbox / folder).mkdir()
+        drop(daemon.paths.inbox / folder, "scan.png", b"digit:3")
+    rows = rows_of(tmp_path, 2)
+    assert sorted(r["file"] for r in rows) == ["x/scan.png", "y/scan.png"]
+    assert sorted(r["moved_to"] for r in rows) == ["outbox/3/scan.png", "outbox/3/scan_1.png"]
+
+
+def test_a_file_written_to_while_it_is_read_goes_back_to_settle(run_daemon, tmp_path):
+    daemon, reader = run_daemon()
+    path = daemon.paths.inbox / "growing.png"
+    real_read = reader.read
+
+    def read_while_the_writer_appends(items: Sequence[tuple[Path, str]]) -> list[Row]:
+        rows = real_read(items)
+        if len(reader.calls) == 1:
+            with open(items[0][0], "ab") as f:  # the writer still had the file open
+                f.write(b"...more")
+        return rows
+
+    reader.read = read_while_the_writer_appends  # type: ignore[method-assign]
+    drop(daemon.paths.inbox, "growing.png", b"digit:8")
+    [row] = rows_of(tmp_path, 1)
+    assert len(reader.calls) == 2  # read again once it had settled
+    assert row["sha256"] == hashlib.sha256(b"digit:8...more").hexdigest()
+    assert not path.exists()
+
+
+def test_stop_finishes_the_batch_in_hand(run_daemon, tmp_path):
+    daemon, reader = run_daemon()
+    started, release = threading.Event(), threading.Event()
+    real_read = reader.read
+
+    def slow_read(items: Sequence[tuple[Path, str]]) -> list[Row]:
+        started.set()
+        release.wait(10)
+        return real_read(items)
+
+    reader.read = slow_read  # type: ignore[method-assign]
+    drop(daemon.paths.inbox, "a.png", b"digit:1")
+    assert started.wait(10)
+    daemon.stop()
+    release.set()
+    [row] = rows_of(tmp_path, 1)
+    assert row["file"] == "a.png" and (daemon.paths.outbox / "1" / "a.png").exists()
+
+
+def test_the_claim_names_belong_to_this_journal(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    a = service.Daemon(cfg, FakeReader)
+    b = service.Daemon(replace(cfg, paths=replace(cfg.paths, state=tmp_path / "other")), FakeReader)
+    assert a.tag != b.tag
+    assert a.names.next_id().split(".")[2] == a.tag
