@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -132,8 +133,12 @@ def per_tag(
 def cached_set(
     work_dir: Path, count: int, seed: int, preset: str, formats: Sequence[str] | None, workers: int
 ) -> tuple[Path, list[scans.Label]]:
-    """A generated set, reused when a complete one (labels.csv present) is already there."""
-    name = f"{preset}-{'+'.join(formats or ['all'])}-seed{seed}-n{count}"
+    """A generated set, reused when a complete one (labels.csv present) is already there.
+
+    The key includes a hash of the generator's source, so editing it never reuses stale sets.
+    """
+    generator = hashlib.sha256(Path(scans.__file__).read_bytes()).hexdigest()[:8]
+    name = f"{preset}-{'+'.join(formats or ['all'])}-seed{seed}-n{count}-{generator}"
     folder = work_dir / name
     labels_csv = folder / "labels.csv"
     if labels_csv.exists():

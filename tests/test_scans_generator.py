@@ -229,3 +229,17 @@ def test_per_tag_accuracy_sits_next_to_the_reference_on_the_same_files() -> None
     assert (by_tag["ink:red"].n, by_tag["ink:red"].pipeline) == (4, 0.5)
     assert by_tag["ink:red"].reference == 0.75
     assert by_tag["ink:red"].gap_points == pytest.approx(25.0)
+
+
+def test_binarising_keeps_light_pencil_and_ignores_a_dark_scanner_border() -> None:
+    grey = np.full((100, 120), 220, dtype=np.uint8)  # recycled paper
+    grey[:, :8] = 10  # the scanner lid along one side
+    grey[40:60, 50:54] = 150  # a light pencil stroke
+    page = Image.fromarray(grey).convert("RGB")
+    page.info["digit_box"] = (45, 35, 60, 65)
+
+    binary = np.asarray(scans.binarise(page, inverted=False))
+
+    assert not binary[40:60, 50:54].any()  # the stroke is black
+    assert binary[:, 10:50].all() and binary[:, 54:].all()  # the paper is white
+    assert not binary[:, :8].any()
