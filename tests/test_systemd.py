@@ -269,19 +269,24 @@ def allowed_syscalls(systemd_analyze: str, unit: str) -> set[str]:
     return allowed
 
 
-def test_the_daemon_works_under_the_units_system_call_filter(systemd_analyze, tmp_path):
+@pytest.fixture(scope="module")
+def allowed_numbers(systemd_analyze: str) -> str:
+    """The x86-64 numbers of the system calls the unit allows, as SECCOMP's argument."""
     header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
     if platform.machine() != "x86_64" or not header.is_file():
         pytest.skip("needs x86-64 and its system call numbers (apt-get install linux-libc-dev)")
     numbers = dict(re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
     allowed = allowed_syscalls(systemd_analyze, (SYSTEMD / "digit-inbox.service").read_text())
     assert "read" in allowed and "mbind" not in allowed  # @system-service minus @resources
-    argument = ",".join(sorted(numbers[name] for name in allowed if name in numbers))
+    return ",".join(sorted(numbers[name] for name in allowed if name in numbers))
+
+
+def test_the_daemon_works_under_the_units_system_call_filter(allowed_numbers, tmp_path):
     for code in (REFUSED, WORKLOAD):
         script = tmp_path / "script.py"
         script.write_text(code)
         result = subprocess.run(
-            [sys.executable, "-c", SECCOMP, argument, sys.executable, str(script)],
+            [sys.executable, "-c", SECCOMP, allowed_numbers, sys.executable, str(script)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -473,13 +478,9 @@ def stand_in(tmp_path: Path) -> Iterator[StandIn]:
 
 
 @pytest.mark.slow
-def test_the_daemon_files_a_scan_inside_the_units_sandbox(systemd_analyze, tmp_path, stand_in):
-    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
-    if platform.machine() != "x86_64" or not header.is_file() or not shutil.which("setpriv"):
-        pytest.skip("needs x86-64, its system call numbers (linux-libc-dev) and setpriv")
-    numbers = dict(re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
-    allowed = allowed_syscalls(systemd_analyze, (SYSTEMD / "digit-inbox.service").read_text())
-    argument = ",".join(sorted(numbers[name] for name in allowed if name in numbers))
+def test_the_daemon_files_a_scan_inside_the_units_sandbox(allowed_numbers, tmp_path, stand_in):
+    if not shutil.which("setpriv") or not shutil.which("unshare"):
+        pytest.skip("needs util-linux's setpriv and unshare")
     # Two decoding processes and a backlog bigger than one pool task: the pool path runs too.
     config = write_config(tmp_path, recognition={"workers": 2})
     folders = Folders.under(tmp_path)
@@ -489,7 +490,7 @@ def test_the_daemon_files_a_scan_inside_the_units_sandbox(systemd_analyze, tmp_p
         drop(folders.inbox, f"scan-{index}.png", digit_png(index)[0])
     daemon = [sys.executable, "-m", "digit_inbox.daemon", "run", "--config", str(config)]
     command = [*UNSHARE, "--net", "sh", "-c", SANDBOX, "sh", str(tmp_path / "var"),
-               sys.executable, "-c", SECCOMP, argument, *daemon]  # fmt: skip
+               sys.executable, "-c", SECCOMP, allowed_numbers, *daemon]  # fmt: skip
     env = daemon_env(NOTIFY_SOCKET=str(stand_in.path), TMPDIR="/var/tmp", ORT_DISABLE_TELEMETRY="1")
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
