@@ -357,11 +357,14 @@ class Daemon:
         log.info("%s changed while it was read; putting it back to settle", w.entry.name)
         w.entry.original.parent.mkdir(parents=True, exist_ok=True)
         for candidate in filing.candidates(w.entry.original.name):
+            back = w.entry.original.with_name(candidate)
             try:
-                filing.rename_noreplace(w.entry.claim, w.entry.original.with_name(candidate))
+                filing.rename_noreplace(w.entry.claim, back)
                 break
             except FileExistsError:
                 continue
+        # Its writer may still be at it: the rename back must not count as "done writing".
+        self.pending.add(back, must_settle=True)
         w.put_back = True
 
     # --- File.

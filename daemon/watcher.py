@@ -133,6 +133,7 @@ class Candidate:
     first_seen: float  # monotonic
     renamed_in: bool = False
     closed: bool = False
+    must_settle: bool = False  # put back after it changed while read: no fast path
     last: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) at the last look
     unchanged_since: float = 0.0  # monotonic time `last` was first seen
 
@@ -160,17 +161,25 @@ class Pending:
         with self._cond:
             return len(self._items)
 
-    def add(self, path: Path, *, renamed_in: bool = False, closed: bool = False) -> None:
+    def add(
+        self,
+        path: Path,
+        *,
+        renamed_in: bool = False,
+        closed: bool = False,
+        must_settle: bool = False,
+    ) -> None:
         key = str(path)
         with self._cond:
             item = self._items.get(key)
             if item is None:
                 self._items[key] = Candidate(
-                    time.time(), time.monotonic(), renamed_in=renamed_in, closed=closed
+                    time.time(), time.monotonic(), renamed_in, closed, must_settle
                 )
             else:
                 item.renamed_in |= renamed_in
                 item.closed |= closed
+                item.must_settle |= must_settle
             self._wakeup = True
             self._cond.notify_all()
 
@@ -221,12 +230,14 @@ class Pending:
             return 0.0
         if st.st_size == 0:
             return self.watch.empty_timeout_seconds - (now - item.first_seen)
-        if item.renamed_in:
+        if item.renamed_in and not item.must_settle:
             return 0.0
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if key != item.last:
             item.last, item.unchanged_since = key, now
-        settle = self.watch.settle_seconds / 4 if item.closed else self.watch.settle_seconds
+        settle = self.watch.settle_seconds
+        if item.closed and not item.must_settle:
+            settle /= 4
         if self.trust_mtime and wall - st.st_mtime >= settle:
             return 0.0  # untouched for `settle` by this host's clock
         return settle - (now - item.unchanged_since)

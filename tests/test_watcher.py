@@ -73,6 +73,16 @@ def test_a_file_renamed_in_is_ready_at_once(cfg):
     assert len(pending) == 0
 
 
+def test_a_file_put_back_to_settle_gets_no_fast_path_even_when_renamed_in(cfg):
+    pending = pending_for(cfg)
+    path = cfg.paths.inbox / "growing.png"
+    path.write_bytes(b"data")
+    pending.add(path, must_settle=True)
+    pending.add(path, renamed_in=True, closed=True)  # the events of the rename back
+    assert taken(pending) == []
+    assert pending.take(10)[1] == pytest.approx(0.3, abs=0.05)
+
+
 def test_a_created_file_waits_until_unchanged_for_settle_seconds(cfg):
     pending = pending_for(cfg)
     path = cfg.paths.inbox / "scan.png"
