@@ -36,8 +36,8 @@ POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail
 DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
-INKED_CELL = 0.6  # a cell this much darker than its brightest neighbour is filled with ink
-PAPER_PERCENTILE = 0.8  # of each cell: paper even where ink covers a good part of it
+INKED_CELL = 0.75  # a cell this much darker than its brightest neighbour is filled with ink
+PAPER_PERCENTILE = 0.85  # of each cell: paper even where ink covers a good part of it
 CONTRAST_FLOOR = 0.12  # ink must be this much darker than its paper (fraction of it)
 MIN_DIGIT_FRACTION = 0.008  # a digit spans at least this much of the page's longer side
 MIN_DIGIT_PX = 6  # ... and at least this many pixels of the original image
@@ -261,9 +261,35 @@ def clear_border(mask: np.ndarray, depth: float = 0.08) -> np.ndarray:
 
 @dataclass
 class Line:
-    pixels: np.ndarray  # bool mask (in the orientation it was found in) of the removable pixels
-    start: int  # first and last column covered
+    """A straight band of ink found in a mask (in the orientation it was searched in)."""
+
+    pixels: np.ndarray  # bool mask of its pixels
+    start: int  # first and last column it covers
     stop: int
+    band: tuple[int, int]  # first and last sheared row
+    slope: float
+    offset: int  # sheared row = row + round(column * slope) + offset
+
+    @property
+    def row(self) -> float:
+        """Where it lies, at its middle."""
+        middle = (self.start + self.stop) / 2
+        return (self.band[0] + self.band[1]) / 2 - round(middle * self.slope) - self.offset
+
+    def crossed(self, ink: np.ndarray) -> np.ndarray:
+        """Its pixels where `ink` continues on both sides: a stroke crossing it (within 2 px
+        sideways, so slanted strokes count too)."""
+        h, w = ink.shape
+        c = np.arange(self.start, self.stop + 1)
+        shift = np.rint(c * self.slope).astype(np.int64) + self.offset
+        sides = []
+        for r in (self.band[0] - 2 - shift, self.band[1] + 2 - shift):
+            ok = (r >= 0) & (r < h)
+            hit = np.zeros(w + 4, bool)
+            hit[c[ok] + 2] = ink[r[ok], c[ok]]
+            sides.append(hit[:-4] | hit[1:-3] | hit[2:-2] | hit[3:-1] | hit[4:])
+        crossing = sides[0] & sides[1]
+        return self.pixels & crossing[None, :]
 
 
 def shear_rows(rows: np.ndarray, cols: np.ndarray, slope: float, width: int) -> np.ndarray:
@@ -306,13 +332,16 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
     if len(rows) < min_length:
         return []
 
-    def peak(slope: float) -> float:
+    def spread_peak(slope: float) -> float:  # tolerant of a slope a little off
         p = np.bincount(shear_rows(rows, cols, slope, w))
         return float(np.max(p[:-1] + p[1:]))
 
+    def peak(slope: float) -> float:
+        return float(np.bincount(shear_rows(rows, cols, slope, w)).max())
+
     step = 0.025
-    best = float(max(np.linspace(-0.1, 0.1, 9), key=peak))
-    slope = float(max(np.linspace(best - step / 2, best + step / 2, 5), key=peak))
+    best = float(max(np.linspace(-0.1, 0.1, 9), key=spread_peak))
+    slope = float(max(np.linspace(best - step, best + step, 7), key=peak))
 
     sheared = shear_rows(rows, cols, slope, w)
     profile = np.bincount(sheared)
@@ -343,8 +372,8 @@ def segments(
     slope: float,
     min_length: float,
 ) -> list[Line]:
-    """The long stretches of the band [a, b] (sheared rows), minus where a stroke crosses it."""
-    h, w = mask.shape
+    """The long stretches of the band [a, b] (sheared rows)."""
+    w = mask.shape[1]
     in_band = (sheared >= a - 1) & (sheared <= b + 1)
     covered = np.zeros(w + 2, bool)
     covered[cols[in_band] + 1] = True
@@ -358,22 +387,14 @@ def segments(
             filled[idx[i] : idx[i + 1]] = True
     edges = np.flatnonzero(np.diff(filled.astype(np.int8)))
     out = []
-    offset = shear_rows(np.zeros(1, np.int64), np.zeros(1, np.int64), slope, w)[0]
+    offset = int(shear_rows(np.zeros(1, np.int64), np.zeros(1, np.int64), slope, w)[0])
     for start, stop in zip(edges[::2], edges[1::2], strict=False):
         if stop - start < min_length:
             continue
-        c = np.arange(start, stop)  # columns of this stretch (covered index - 1 == column)
-        shift = np.rint(c * slope).astype(np.int64) + offset
-        above, below = a - 2 - shift, b + 2 - shift
-        crossing = np.zeros(len(c), bool)
-        for r in (above, below):
-            ok = (r >= 0) & (r < h)
-            crossing[ok] |= mask[r[ok], c[ok]]
-        pick = in_band & (cols >= start) & (cols < stop)
-        keep = crossing[cols[pick] - start]
+        pick = in_band & (cols >= start) & (cols < stop)  # covered index - 1 == column
         pixels = np.zeros_like(mask)
-        pixels[rows[pick][~keep], cols[pick][~keep]] = True
-        out.append(Line(pixels, int(start), int(stop - 1)))
+        pixels[rows[pick], cols[pick]] = True
+        out.append(Line(pixels, int(start), int(stop - 1), (a, b), slope, offset))
     return out
 
 
@@ -385,36 +406,50 @@ def remove_lines(
     A long thin straight run counts as a line when it spans almost the whole page, or when it
     reaches beyond the digit (the largest blob of the other ink) on both ends: a box edge, a
     rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does.
+    With no other ink at all, only lines meeting at corners (an empty box) or spanning the page
+    go: a lone straight stroke may be a "1".
     """
     horizontal = line_candidates(mask) if horizontal is None else horizontal
     vertical = line_candidates(mask.T) if vertical is None else vertical
     if not horizontal and not vertical:
         return mask
-    lines = [(line, line.pixels, 1) for line in horizontal]
-    lines += [(line, line.pixels.T, 0) for line in vertical]
+    lines = [(line, 1) for line in horizontal] + [(line, 0) for line in vertical]
     rest = mask.copy()
-    for _, pixels, _ in lines:
-        rest &= ~pixels
+    for line, axis in lines:
+        rest &= ~(line.pixels if axis == 1 else line.pixels.T)
     labels, n = label(rest)
     digit = None
     if n:
         ys, xs = np.nonzero(np.isin(labels, select_digit(labels, n)))
         digit = ((ys.min(), ys.max()), (xs.min(), xs.max()))
-    framed = bool(horizontal) and bool(vertical)
     out = mask.copy()
-    for line, pixels, axis in lines:
+    for line, axis in lines:
         length = line.stop - line.start + 1
         margin = max(2.0, 0.04 * length)
         if length >= 0.9 * mask.shape[axis]:
             accept = True
         elif digit is None:
-            accept = framed  # nothing else on the page: an empty form box, not a lone "1"
+            across = vertical if axis == 1 else horizontal
+            accept = corners(line, across, margin) >= 2
         else:
             lo, hi = digit[axis]
             accept = line.start <= lo - margin and line.stop >= hi + margin
         if accept:
-            out &= ~pixels
+            keep = line.crossed(rest if axis == 1 else rest.T)
+            out &= ~((line.pixels & ~keep) if axis == 1 else (line.pixels & ~keep).T)
     return out
+
+
+def corners(line: Line, across: list[Line], tolerance: float) -> int:
+    """How many of the line's two ends meet a perpendicular line (boxes are made of these)."""
+    found = 0
+    for end in (line.start, line.stop):
+        found += any(
+            abs(other.row - end) <= tolerance
+            and other.start - tolerance <= line.row <= other.stop + tolerance
+            for other in across
+        )
+    return found
 
 
 # --- components --------------------------------------------------------------------------
@@ -488,23 +523,27 @@ def components(labels: np.ndarray, n: int) -> Components:
 def select_digit(labels: np.ndarray, n: int) -> np.ndarray:
     """Component ids (1-based) of the digit: the largest piece and the pieces that belong to it.
 
-    A piece joins when it is close to the digit so far (within a third of its size) and not
-    dust (at least 2 % of its ink), or when it lies inside the digit's box anyway.
+    A piece joins when it is close to the digit so far (within a third of its size) and more
+    than a speck (3 % of its ink), or when it lies inside the digit's box (1 %). Dust is never
+    a piece: a small, round, filled blob, where a digit's stray pieces are bits of stroke.
     """
     c = components(labels, n)
+    h, w = c.y1 - c.y0, c.x1 - c.x0
     main = int(np.argmax(c.area))
+    blob = (c.area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w))
     chosen = np.zeros(n, bool)
     chosen[main] = True
     while True:
         y0, x0 = c.y0[chosen].min(), c.x0[chosen].min()
         y1, x1 = c.y1[chosen].max(), c.x1[chosen].max()
         size = max(y1 - y0, x1 - x0)
+        ink = c.area[chosen].sum()
         gap_y = np.maximum(0, np.maximum(y0 - c.y1, c.y0 - y1))
         gap_x = np.maximum(0, np.maximum(x0 - c.x1, c.x0 - x1))
-        near = np.hypot(gap_y, gap_x) <= size / 3
-        inside = (c.y0 >= y0) & (c.y1 <= y1) & (c.x0 >= x0) & (c.x1 <= x1)
-        substantial = c.area >= 0.02 * c.area[chosen].sum()
-        joined = chosen | inside | (near & substantial)
+        near = (np.hypot(gap_y, gap_x) <= size / 3) & (c.area >= 0.03 * ink)
+        inside = (c.y0 >= y0) & (c.y1 <= y1) & (c.x0 >= x0) & (c.x1 <= x1) & (c.area >= 0.01 * ink)
+        dust = blob & (np.maximum(h, w) <= 0.2 * size)
+        joined = chosen | ((near | inside) & ~dust)
         if np.array_equal(joined, chosen):
             return np.flatnonzero(chosen) + 1
         chosen = joined
@@ -622,8 +661,10 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
     found = find_digit(ink, max(oh, ow))
     if isinstance(found, Digit):
         size = max(found.box[2] - found.box[0], found.box[3] - found.box[1])
-        wanted = min(1.0, DIGIT_PIXELS / (size / scale))
-        if size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * scale:
+        wanted = max(scale, min(1.0, DIGIT_PIXELS / (size / scale)))
+        # A small digit gets a closer look at finer resolution; one far smaller than the page
+        # a second look anyway: a form box around it is only a long line next to the digit.
+        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * scale) or size < 0.5 * max(oh, ow):
             closer = look_closer(img, light, paper, found.box, scale, wanted)
             if closer is not None:
                 ink, found = closer
