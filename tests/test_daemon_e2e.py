@@ -34,7 +34,7 @@ def drop_digits(inbox: Path, indices: range, *, prefix: str = "scan") -> dict[st
     """Drop MNIST test digits renamed in; their names and sha256s."""
     dropped = {}
     for i in indices:
-        data, _ = digit_png(i)
+        data, _ = digit_png(i % 10_000, scale=3 + i // 10_000)  # MNIST has 10,000 test digits
         name = f"{prefix}-{i:05d}.png"
         drop(inbox, name, data)
         dropped[name] = hashlib.sha256(data).hexdigest()
