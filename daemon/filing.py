@@ -30,6 +30,9 @@ AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 # A file name is at most 255 bytes on the filesystems the daemon runs on.
 NAME_MAX = 255
+# A failed file's name leaves room for its note, `<name>.error.txt`, beside it.
+NOTE_SUFFIX = ".error.txt"
+NOTED_NAME_MAX = NAME_MAX - len(NOTE_SUFFIX)
 # Errors after which a hard link cannot work but a rename can.
 LINK_REFUSED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EISDIR}
 # Errors an operator can fix while the daemon waits (disk full, permissions, read-only mount):
@@ -90,20 +93,20 @@ class ClaimNames:
         return claim_id, parts[2], original
 
 
-def fit(name: str, suffix: str = "") -> str:
-    """`name` + `suffix` shortened (keeping the extension) to fit NAME_MAX bytes."""
+def fit(name: str, suffix: str = "", limit: int = NAME_MAX) -> str:
+    """`name` + `suffix` shortened (keeping the extension) to fit `limit` bytes."""
     stem, ext = os.path.splitext(name)
-    while len(os.fsencode(stem + suffix + ext)) > NAME_MAX and stem:
+    while len(os.fsencode(stem + suffix + ext)) > limit and stem:
         stem = stem[:-1]
     return stem + suffix + ext
 
 
-def candidates(name: str) -> Iterator[str]:
+def candidates(name: str, limit: int = NAME_MAX) -> Iterator[str]:
     """`name`, then `name_1`, `name_2`, ... with the number before the extension."""
-    yield fit(name)
+    yield fit(name, limit=limit)
     n = 1
     while True:
-        yield fit(name, f"_{n}")
+        yield fit(name, f"_{n}", limit)
         n += 1
 
 
@@ -198,7 +201,7 @@ def kind(mode: int) -> str:
 
 def write_note(dest: Path, text: str) -> None:
     """Write `<dest>.error.txt` beside a failed file, unless it is already there."""
-    note = Path(f"{dest}.error.txt")
+    note = Path(f"{dest}{NOTE_SUFFIX}")
     try:
         fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except FileExistsError:

@@ -429,9 +429,10 @@ class Daemon:
         )
         return self.paths.outbox / sub
 
-    @staticmethod
-    def free_name(folder: Path, name: str, taken: set[Path]) -> Path:
-        for candidate in filing.candidates(name):
+    def free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
+        # In failed/ the name leaves room for its note: a 255-byte name has none left.
+        limit = filing.NOTED_NAME_MAX if folder == self.paths.failed else filing.NAME_MAX
+        for candidate in filing.candidates(name, limit):
             path = folder / candidate
             if path in taken:
                 continue
