@@ -36,6 +36,7 @@ POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail
 DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
+CLOSING = 0.25  # ... and no dark thing narrower than this part of the page is paper
 INKED_CELL = 0.75  # a cell this much darker than its brightest neighbour is filled with ink
 PAPER_PERCENTILE = 0.85  # of each cell: paper even where ink covers a good part of it
 CONTRAST_FLOOR = 0.12  # ink must be this much darker than its paper (fraction of it)
@@ -205,9 +206,12 @@ def ink_plane(page: np.ndarray, light: bool) -> np.ndarray:
 def background(plane: np.ndarray) -> np.ndarray:
     """Paper brightness at every pixel of a single-channel page (ink dark).
 
-    A high percentile per small cell follows shading, shadows and tinted paper closely. A cell
-    that ink fills (a thick marker stroke) reads much darker than its brightest neighbour -
-    more than light falls off between neighbouring cells - and takes that neighbour's value.
+    A high percentile per small cell follows shading and tinted paper closely. A cell that ink
+    fills (a thick marker stroke) reads much darker than its brightest neighbour - more than
+    light falls off between neighbouring cells - and takes that neighbour's value. Cells blur
+    a sharp step in brightness (a shadow's edge, the page's edge on a white margin), so the
+    estimate is capped by a grey-level closing (brightest nearby, then darkest nearby) over a
+    window wider than any stroke, which keeps such steps sharp.
     """
     block = block_size(plane.shape)
     cells = block_percentile(plane, block, PAPER_PERCENTILE)
@@ -217,7 +221,12 @@ def background(plane: np.ndarray) -> np.ndarray:
         if not filled.any():
             break
         cells = np.where(filled, brightest, cells)
-    return spread(cells, plane.shape, block)
+    paper = spread(cells, plane.shape, block)
+    h, w = plane.shape
+    half = resized(plane, (max(1, h // 2), max(1, w // 2))) if min(h, w) >= 16 else plane
+    k = max(3, round(CLOSING * max(half.shape))) | 1
+    closed = window(window(half, k, np.maximum), k, np.minimum)
+    return np.minimum(paper, resized(closed, (h, w)) if closed.shape != plane.shape else closed)
 
 
 def ink_strength(plane: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -247,15 +256,19 @@ def threshold(ink: np.ndarray) -> float:
 # --- cleaning the mask -------------------------------------------------------------------
 
 
-def clear_border(mask: np.ndarray, depth: float = 0.08) -> np.ndarray:
-    """Drop the dark frame a scanner leaves: rows/columns at the edge that are mostly ink."""
+def clear_border(mask: np.ndarray, depth: float = 0.12) -> np.ndarray:
+    """Drop the dark frame a scanner leaves: rows/columns near the edge that are mostly ink,
+    also behind a blank margin (a cropped photo exported with one)."""
     out = mask.copy()
     h, w = out.shape
     for view, limit in ((out, h), (out[::-1], h), (out.T, w), (out.T[::-1], w)):
-        for i in range(max(1, int(depth * limit))):
-            if view[i].mean() < 0.5:
-                break
-            view[i] = False
+        fraction = view[: max(1, int(depth * limit))].mean(axis=1)
+        frame = np.flatnonzero(fraction >= 0.5)
+        if len(frame) and fraction[: frame[0]].max(initial=0) < 0.05:
+            stop = frame[0]
+            while stop < len(fraction) and fraction[stop] >= 0.5:
+                stop += 1
+            view[:stop] = False
     return out
 
 
