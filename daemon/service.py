@@ -405,7 +405,7 @@ class Daemon:
             taken.add(e.dest)
             row.moved_to = self.relative(e.dest)
             if row.sha256:
-                seen.setdefault(row.sha256, row.moved_to)
+                seen.setdefault(row.sha256, row.duplicate_of or row.moved_to)
             e.inode = filing.inode(e.claim)
             e.report = report_path
             e.line = report.encode_line(row)
