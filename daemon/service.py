@@ -601,9 +601,11 @@ class Daemon:
             if parsed is None:
                 continue
             claim_id, tag, original = parsed
+            if claim_id in known or self.journal.knows(claim_id):
+                continue  # resumed from the journal (even if paths.state moved since)
             if tag != self.tag:
                 foreign += 1
-            elif claim_id not in known and not self.journal.knows(claim_id):
+            else:
                 path = self.paths.processing / name
                 adopted.append(
                     Entry(

@@ -208,3 +208,19 @@ def test_the_claim_names_belong_to_this_journal(tmp_path):
     b = service.Daemon(replace(cfg, paths=replace(cfg.paths, state=tmp_path / "other")), FakeReader)
     assert a.tag != b.tag
     assert a.names.next_id().split(".")[2] == a.tag
+
+
+def test_claims_of_a_lost_journal_are_read_and_other_daemons_claims_left_alone(
+    run_daemon, tmp_path
+):
+    cfg = config.load(write_config(tmp_path))
+    tag = service.Daemon(cfg, FakeReader).tag
+    config.make_folders(cfg)
+    mine = cfg.paths.processing / f"host.1.{tag}.00000001_mine.png"
+    theirs = cfg.paths.processing / "host.1.0ther0ne.00000001_theirs.png"
+    mine.write_bytes(b"digit:6")
+    theirs.write_bytes(b"digit:9")
+    daemon, _ = run_daemon()
+    [row] = rows_of(tmp_path, 1)
+    assert row["file"] == "mine.png" and row["moved_to"] == "outbox/6/mine.png"
+    assert theirs.read_bytes() == b"digit:9"
