@@ -220,7 +220,7 @@ def test_claims_of_a_lost_journal_are_read_and_other_daemons_claims_left_alone(
     theirs = cfg.paths.processing / "host.1.0ther0ne.00000001_theirs.png"
     mine.write_bytes(b"digit:6")
     theirs.write_bytes(b"digit:9")
-    daemon, _ = run_daemon()
+    run_daemon()
     [row] = rows_of(tmp_path, 1)
     assert row["file"] == "mine.png" and row["moved_to"] == "outbox/6/mine.png"
     assert theirs.read_bytes() == b"digit:9"
