@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # Filesystems where inotify sees only this host's changes (or none at all): poll them instead.
 REMOTE_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs"}
 REMOTE_FILESYSTEMS |= {"lustre", "gpfs", "vboxsf", "virtiofs", "davfs"}
+# Wall-clock drift from monotonic time beyond this since a file was noticed is a clock step.
+CLOCK_SLACK = 0.25
 EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirDeletedEvent,
@@ -238,7 +240,10 @@ class Pending:
         settle = self.watch.settle_seconds
         if item.closed and not item.must_settle:
             settle /= 4
-        if self.trust_mtime and wall - st.st_mtime >= settle:
+        # The mtime counts only while the wall clock ran in step since the file was noticed:
+        # after a step (NTP, a resumed VM) a file still being written can look old.
+        steady = abs((wall - item.noticed) - (now - item.first_seen)) < CLOCK_SLACK
+        if self.trust_mtime and steady and wall - st.st_mtime >= settle:
             return 0.0  # untouched for `settle` by this host's clock
         return settle - (now - item.unchanged_since)
 
