@@ -120,17 +120,18 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     if not data:
         raise DecodeError("empty file (0 bytes)")
     sha256 = hashlib.sha256(data).hexdigest()
-    # Pillow's own bomb check follows ours, so a larger --max-pixels is honoured and any other
-    # Pillow call in this process is protected too.
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Our own size check (below, with a message that says what to do) runs before any pixel is
+    # decoded; Pillow's limit then follows ours, so a larger --max-pixels is honoured and any
+    # other Pillow call in this process is protected too.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         im = Image.open(BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise DecodeError(sniff(data)) from None
-    except Image.DecompressionBombError:
-        raise DecodeError(f"declares more than {max_pixels / 1e6:g} MP (scan.max_pixels)") from None
     except Exception as exc:  # plugins raise SyntaxError, struct.error, ... on broken headers
         raise DecodeError(f"corrupt image header ({one_line(exc)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     fmt = SAME_FORMAT.get(im.format or "", im.format or "image")
     notes = []
     expected = EXTENSIONS.get(suffix.lower())
@@ -193,7 +194,7 @@ def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Imag
 
     `turned` says EXIF orientation swapped width and height.
     """
-    reduce = max(1, math.floor(math.sqrt(im.width * im.height / WORK_PIXELS)))
+    reduce = max(1, round(math.sqrt(im.width * im.height / WORK_PIXELS)))
     if im.format in ("JPEG", "MPO") and reduce > 1:
         # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far faster than decoding it all.
         im.draft(im.mode, (im.width // reduce, im.height // reduce))
@@ -205,7 +206,7 @@ def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Imag
             turned = orientation in (5, 6, 7, 8)
         except Exception:
             notes.append("EXIF orientation unreadable, used as stored")
-    reduce = max(1, math.floor(math.sqrt(im.width * im.height / WORK_PIXELS)))
+    reduce = max(1, round(math.sqrt(im.width * im.height / WORK_PIXELS)))
     im = flatten(im)
     if reduce > 1:
         im = im.reduce(reduce)

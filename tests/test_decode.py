@@ -1,0 +1,229 @@
+"""Decoding: every format and colour mode a scanner or phone writes reads as the same page, and
+every kind of bad file ends as a DecodeError naming its problem, quickly."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digit_inbox.daemon import decode
+from digit_inbox.daemon.decode import DecodeError
+
+SIZE = (60, 40)  # width, height
+MARK = (slice(5, 15), slice(8, 20))  # rows, columns of a dark mark near the top left
+
+
+def page(mode: str = "RGB") -> Image.Image:
+    """A white page with a black mark, in `mode`."""
+    pixels = np.full((SIZE[1], SIZE[0], 3), 255, np.uint8)
+    pixels[MARK] = 0
+    image = Image.fromarray(pixels)
+    if mode == "RGBA":
+        return image.convert("RGBA")
+    if mode == "LA":
+        return image.convert("LA")
+    if mode in ("I;16", "I"):
+        grey = np.asarray(image.convert("L"), np.uint16) * 257
+        return Image.fromarray(grey if mode == "I;16" else grey.astype(np.int32))
+    if mode == "F":
+        return Image.fromarray(np.asarray(image.convert("L"), np.float32) / 255)
+    return image.convert(mode)
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def assert_reads_as_the_page(decoded: decode.Decoded) -> None:
+    grey = np.asarray(decoded.image.convert("L"), np.float32)
+    assert decoded.image.mode in ("L", "RGB")
+    assert (decoded.width, decoded.height) == SIZE
+    assert grey[MARK].mean() < 60, "the mark is dark"
+    assert np.delete(grey, np.s_[0:20], axis=1).mean() > 200, "the paper is bright"
+
+
+FORMAT_MODES = [
+    ("PNG", ".png", mode) for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+] + [
+    ("JPEG", ".jpg", mode) for mode in ("L", "RGB", "CMYK")
+] + [
+    ("TIFF", ".tif", mode) for mode in ("1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
+] + [
+    ("BMP", ".bmp", mode) for mode in ("1", "L", "P", "RGB")
+] + [
+    ("GIF", ".gif", mode) for mode in ("L", "P")
+] + [
+    ("WEBP", ".webp", mode) for mode in ("RGB", "RGBA")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "mode"), FORMAT_MODES)
+def test_every_format_and_colour_mode_reads_as_the_page(tmp_path, fmt, suffix, mode):
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    path = write(tmp_path, f"scan{suffix}", encoded(page(mode), fmt, **options))
+    decoded = decode.decode(path)
+    assert_reads_as_the_page(decoded)
+    assert decoded.format == fmt
+    assert decoded.note == ""
+
+
+def test_transparent_paper_is_composited_onto_white(tmp_path):
+    # A cut-out as many tools write it: black under the fully transparent paper.
+    rgba = np.zeros((SIZE[1], SIZE[0], 4), np.uint8)
+    rgba[MARK] = (0, 0, 0, 255)
+    path = write(tmp_path, "cutout.png", encoded(Image.fromarray(rgba), "PNG"))
+    assert_reads_as_the_page(decode.decode(path))
+
+
+def test_palette_with_transparency_is_composited_onto_white(tmp_path):
+    image = page("P")
+    black = image.getpixel((0, 0))  # the paper's palette index
+    data = encoded(image, "PNG", transparency=black)
+    assert_reads_as_the_page(decode.decode(write(tmp_path, "p.png", data)))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_honoured(tmp_path, orientation):
+    stored = {
+        3: Image.Transpose.ROTATE_180,
+        6: Image.Transpose.ROTATE_90,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(page().transpose(stored), "JPEG", quality=95, exif=exif)
+    decoded = decode.decode(write(tmp_path, "phone.jpg", data))
+    assert_reads_as_the_page(decoded)  # upright again, width and height as seen upright
+
+
+def test_corrupt_exif_does_not_stop_decoding(tmp_path):
+    data = encoded(page(), "JPEG", quality=95, exif=b"Exif\x00\x00II*\x00garbage")
+    assert_reads_as_the_page(decode.decode(write(tmp_path, "odd.jpg", data)))
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF"])
+def test_first_of_several_frames_is_read_and_noted(tmp_path, fmt):
+    first, grey, black = page("L"), Image.new("L", SIZE, 128), Image.new("L", SIZE, 0)
+    data = encoded(first, fmt, save_all=True, append_images=[grey, black])
+    decoded = decode.decode(write(tmp_path, f"multi.{fmt.lower()}", data))
+    assert_reads_as_the_page(decoded)
+    assert "first of 3 frames" in decoded.note
+
+
+def test_content_decides_the_format_and_a_wrong_extension_is_noted(tmp_path):
+    decoded = decode.decode(write(tmp_path, "scan.jpg", encoded(page(), "PNG")))
+    assert_reads_as_the_page(decoded)
+    assert decoded.format == "PNG"
+    assert "PNG content despite the .jpg name" in decoded.note
+
+
+def test_sha256_is_of_the_exact_bytes_read(tmp_path):
+    data = encoded(page(), "PNG")
+    assert decode.decode(write(tmp_path, "a.png", data)).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_big_page_is_reduced_but_reports_its_real_size(tmp_path):
+    big = Image.new("L", (7000, 5000), 255)
+    decoded = decode.decode(write(tmp_path, "big.png", encoded(big, "PNG")))
+    assert (decoded.width, decoded.height) == (7000, 5000)
+    assert decoded.image.width * decoded.image.height <= 1.5 * decode.WORK_PIXELS
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A small PNG that declares width x height: decoding it would take gigabytes."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(bytes(width + 1) * 16))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def reason(tmp_path: Path, name: str, data: bytes, **kwargs: int) -> str:
+    with pytest.raises(DecodeError) as caught:
+        decode.decode(write(tmp_path, name, data), **kwargs)
+    assert "\n" not in caught.value.reason
+    return caught.value.reason
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path):
+    start = time.monotonic()
+    text = reason(tmp_path, "bomb.png", png_bomb(200_000, 200_000))
+    assert text == (
+        "image is 200000×200000 = 40000 MP, over the 40 MP limit (scan.max_pixels / --max-pixels)"
+    )
+    assert time.monotonic() - start < 1
+
+
+def test_the_pixel_limit_follows_max_pixels(tmp_path):
+    data = encoded(Image.new("L", (400, 300), 255), "PNG")
+    assert "over the 0.1 MP limit" in reason(tmp_path, "a.png", data, max_pixels=100_000)
+    assert decode.decode(write(tmp_path, "b.png", data), max_pixels=120_000).width == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("empty.png", b"", "empty file (0 bytes)"),
+        ("page.png", b"<!DOCTYPE html><html><body>Sign in</body></html>", "looks like HTML"),
+        ("notes.jpg", b"remember to buy milk\n" * 20, "looks like text"),
+        ("scan.png", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
+        ("scan.tif", b"PK\x03\x04" + bytes(100), "ZIP archive"),
+        ("photo.jpg", b"\x00\x00\x00\x18ftypheic" + bytes(100), "HEIC"),
+        ("noise.bmp", bytes(range(256)) * 4, "not an image"),
+    ],
+)
+def test_what_is_not_an_image_says_what_it_looks_like(tmp_path, name, data, expected):
+    assert expected in reason(tmp_path, name, data)
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif")])
+def test_a_truncated_file_is_named_truncated(tmp_path, fmt, suffix):
+    noisy = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200), np.uint8))
+    data = encoded(noisy, fmt)
+    assert f"truncated {fmt}" in reason(tmp_path, f"cut{suffix}", data[: len(data) // 2])
+
+
+def test_tiny_and_elongated_images_are_refused(tmp_path):
+    one = encoded(Image.new("L", (1, 1)), "PNG")
+    assert "1×1 px, too small" in reason(tmp_path, "dot.png", one)
+    strip = encoded(Image.new("L", (2000, 10), 255), "PNG")
+    assert "too elongated" in reason(tmp_path, "strip.png", strip)
+
+
+def test_missing_files_folders_and_pipes_are_refused_without_blocking(tmp_path):
+    with pytest.raises(DecodeError, match="file not found"):
+        decode.decode(tmp_path / "gone.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(DecodeError, match="is a folder"):
+        decode.decode(tmp_path / "folder.png")
+    fifo = tmp_path / "pipe.png"
+    try:
+        import os
+
+        os.mkfifo(fifo)
+    except (AttributeError, OSError):
+        pytest.skip("no named pipes here")
+    with pytest.raises(DecodeError, match="not a regular file"):
+        decode.decode(fifo)

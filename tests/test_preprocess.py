@@ -1,0 +1,256 @@
+"""Preprocessing, step by step, on small synthetic pages: the ink map, polarity, the threshold,
+line and speck removal, connected components, and the MNIST-style normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digit_inbox.daemon import preprocess
+from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
+from digit_inbox.daemon.decode import DecodeError
+
+WHITE, BLACK = (245, 245, 240), (20, 20, 25)
+
+
+def seven(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+    draw.line([(x, y), (x + 0.6 * size, y), (x + 0.2 * size, y + size)], BLACK, width)
+
+
+def zero(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+    draw.ellipse([x, y, x + 0.65 * size, y + size], outline=BLACK, width=width)
+
+
+def scan(
+    shape=seven,
+    page: tuple[int, int] = (160, 200),
+    at: tuple[float, float] = (50, 50),
+    size: float = 80,
+    width: int = 8,
+    clutter=None,
+) -> np.ndarray:
+    """An RGB page (uint8) with a digit-like shape drawn in black; `clutter(draw)` adds more."""
+    image = Image.new("RGB", (page[1], page[0]), WHITE)
+    draw = ImageDraw.Draw(image)
+    if clutter is not None:
+        clutter(draw)
+    if shape is not None:
+        shape(draw, at[0], at[1], size, width)
+    return np.asarray(image)
+
+
+def read(pixels: np.ndarray) -> np.ndarray:
+    prepared = preprocess.prepare(pixels)
+    assert prepared.image is not None, prepared.blank_reason
+    return prepared.image
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28x28 images, allowing a shift of one pixel (centring by mass rounds
+    to whole pixels, as MNIST did)."""
+    best = -1.0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            x = np.roll(a, (dy, dx), axis=(0, 1)) - a.mean()
+            y = b - b.mean()
+            best = max(best, float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())))
+    return best
+
+
+def test_output_fits_the_digit_box_and_is_centred_by_mass():
+    image = read(scan(page=(300, 260), at=(30, 170), size=100))
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE) and image.dtype == np.float32
+    assert image.min() >= 0 and image.max() <= 1
+    rows, cols = np.nonzero(image > 0.05)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert max(height, width) in (DIGIT_BOX, DIGIT_BOX + 1)  # plus a pixel of anti-aliasing
+    mass = image.sum()
+    centre = (
+        (image.sum(1) * np.arange(28)).sum() / mass,
+        (image.sum(0) * np.arange(28)).sum() / mass,
+    )
+    assert np.allclose(centre, IMAGE_SIZE / 2, atol=0.75)
+    assert image.max() > 0.95, "stroke cores are saturated as in MNIST"
+
+
+def test_the_same_digit_reads_the_same_anywhere_at_any_size():
+    reference = read(scan())
+    for page, at, size, width in [
+        ((400, 300), (200, 20), 120, 12),  # bigger, elsewhere, thicker pen to match
+        ((1200, 1600), (900, 700), 60, 6),  # a small digit on a big page
+    ]:
+        assert similarity(read(scan(page=page, at=at, size=size, width=width)), reference) > 0.9
+
+
+def thumbnail(pixels: np.ndarray) -> np.ndarray:
+    return (
+        np.asarray(Image.fromarray(pixels).resize((50, 40), Image.Resampling.BOX), np.float32) / 255
+    )
+
+
+def test_white_on_black_reads_like_black_on_white():
+    pixels = scan()
+    assert preprocess.light_ink(thumbnail(255 - pixels))
+    assert not preprocess.light_ink(thumbnail(pixels))
+    assert similarity(read(255 - pixels), read(pixels)) > 0.95
+
+
+def test_blue_ink_on_yellow_paper_under_uneven_light_reads_like_black_on_white():
+    reference = read(scan())
+    pixels = scan().astype(np.float32) / 255
+    ink = pixels.mean(axis=2, keepdims=True) < 0.5
+    yellow, blue = np.array([0.98, 0.93, 0.72]), np.array([0.15, 0.2, 0.65])
+    coloured = np.where(ink, blue, yellow)
+    light = np.linspace(1.0, 0.55, coloured.shape[1])[None, :, None]  # a lamp to the left
+    assert similarity(read(coloured * light), reference) > 0.9
+
+
+def specks(draw: ImageDraw.ImageDraw) -> None:
+    """Dust all over the page, clear of the digit (at x 50..98, y 50..130)."""
+    rng = np.random.default_rng(3)
+    for x, y in rng.uniform(5, 155, (40, 2)):
+        if not (40 < x < 110 and 40 < y < 140):
+            r = rng.uniform(0.8, 2.5)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=BLACK)
+
+
+def test_specks_are_dropped():
+    assert similarity(read(scan(clutter=specks)), read(scan())) > 0.9
+    assert preprocess.prepare(scan(shape=None, clutter=specks)).image is None
+
+
+def box(draw: ImageDraw.ImageDraw) -> None:
+    draw.rectangle([35, 35, 115, 145], outline=(90, 90, 90), width=2)
+
+
+def ruled(draw: ImageDraw.ImageDraw) -> None:
+    for y in (30, 88, 146):  # the middle rule crosses the digit
+        draw.line([(0, y), (200, y + 3)], fill=(120, 140, 200), width=2)
+
+
+@pytest.mark.parametrize("clutter", [box, ruled], ids=["box", "ruled"])
+def test_form_boxes_and_ruled_lines_are_removed(clutter):
+    assert similarity(read(scan(clutter=clutter)), read(scan())) > 0.9
+
+
+def test_a_line_through_a_digit_goes_but_the_digit_stays_whole():
+    mask = np.zeros((100, 120), bool)
+    yy, xx = np.mgrid[:100, :120]
+    ring = np.abs(np.hypot((yy - 50) / 35, (xx - 60) / 22) - 1) < 0.12  # a "0"
+    line = (yy >= 49) & (yy <= 50)  # a rule through its middle, across the page
+    cleaned = preprocess.remove_lines(mask | ring | line)
+    near_ring = np.hypot((yy - 50) / 35, (xx - 60) / 22)
+    assert not cleaned[line & ((near_ring < 0.7) | (near_ring > 1.3))].any(), "the rule is gone"
+    assert cleaned[ring].mean() > 0.97, "the digit's own pixels stay"
+    assert preprocess.label(cleaned)[1] == 1, "and it is still one piece"
+
+
+def test_a_digits_own_bar_is_not_taken_for_a_line():
+    mask = np.zeros((100, 100), bool)
+    mask[20:23, 25:75] = True  # the bar of a 7, 50 % of the page wide
+    for i in range(60):  # its stem
+        mask[23 + i, 73 - i // 2 : 76 - i // 2] = True
+    assert (preprocess.remove_lines(mask) == mask).all()
+
+
+def test_a_scanners_dark_frame_is_cleared():
+    def frame(draw: ImageDraw.ImageDraw) -> None:
+        draw.rectangle([0, 0, 200, 6], fill=BLACK)
+        draw.rectangle([0, 0, 5, 160], fill=BLACK)
+
+    assert similarity(read(scan(clutter=frame)), read(scan())) > 0.9
+
+
+@pytest.mark.parametrize(
+    "clutter",
+    [None, specks, box, ruled],
+    ids=["empty", "specks", "empty box", "ruled lines"],
+)
+def test_a_page_without_a_digit_is_blank(clutter):
+    prepared = preprocess.prepare(scan(shape=None, clutter=clutter))
+    assert prepared.image is None
+    assert prepared.blank_reason
+
+
+def test_noise_and_shading_alone_are_blank():
+    rng = np.random.default_rng(0)
+    shade = np.linspace(200, 120, 300)[None, :]
+    page = np.clip(shade + rng.normal(0, 6, (240, 300)), 0, 255).astype(np.uint8)
+    assert preprocess.prepare(page).image is None
+
+
+def test_the_threshold_never_falls_below_the_contrast_floor():
+    faint = np.random.default_rng(0).uniform(0, 0.05, (50, 50)).astype(np.float32)
+    assert preprocess.threshold(faint) >= preprocess.CONTRAST_FLOOR
+    strong = faint.copy()
+    strong[20:30, 10:40] = 0.9
+    assert preprocess.CONTRAST_FLOOR <= preprocess.threshold(strong) < 0.9
+
+
+def test_components_are_eight_connected():
+    mask = np.array(
+        [
+            [1, 0, 0, 0, 1],
+            [0, 1, 0, 0, 1],
+            [0, 0, 0, 0, 0],
+            [1, 1, 0, 1, 0],
+        ],
+        bool,
+    )
+    labels, n = preprocess.label(mask)
+    assert n == 4
+    assert labels[0, 0] == labels[1, 1] != labels[0, 4]
+    c = preprocess.components(labels, n)
+    assert sorted(c.area.tolist()) == [1, 2, 2, 2]
+
+
+def test_stray_pieces_of_the_digit_stay_with_it():
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 45:50] = True  # the body
+    mask[14:17, 48:70] = True  # a detached bar, as a 5 often has
+    mask[90:92, 5:7] = True  # dust far away
+    labels, n = preprocess.label(mask)
+    chosen = preprocess.select_digit(labels, n)
+    assert {labels[50, 47], labels[15, 60]} == set(chosen.tolist())
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros((1, 1)),
+        np.full((30, 40), np.nan),
+        np.full((30, 40), np.inf),
+        np.array([[np.nan, -np.inf], [1e30, 0]]),
+        np.ones((50, 50), np.float64),
+        np.zeros((50, 50), np.uint8),
+        np.random.default_rng(0).integers(0, 2, (64, 64)).astype(bool),
+        np.random.default_rng(1).integers(0, 65535, (40, 60)).astype(np.int32),
+        np.random.default_rng(2).random((3, 2000)),
+        np.random.default_rng(3).random((2000, 3, 4)),
+        np.random.default_rng(4).random((30, 30, 2)),
+        np.random.default_rng(5).random((30, 30, 1)),
+    ],
+    ids=lambda a: f"{a.dtype}{list(a.shape)}",
+)
+def test_any_pixel_array_ends_as_a_digit_or_blank(pixels):
+    prepared = preprocess.prepare(pixels)
+    if prepared.image is not None:
+        assert prepared.image.shape == (IMAGE_SIZE, IMAGE_SIZE)
+        assert np.isfinite(prepared.image).all()
+        assert prepared.image.min() >= 0 and prepared.image.max() <= 1
+    else:
+        assert prepared.blank_reason
+
+
+@pytest.mark.parametrize("pixels", [np.zeros(10), np.zeros((4, 4, 4, 4)), np.zeros((0, 5))])
+def test_arrays_that_are_not_images_are_a_clean_error(pixels):
+    with pytest.raises(DecodeError):
+        preprocess.prepare(pixels)
+
+
+def test_debug_steps_show_the_way_to_the_digit():
+    prepared = preprocess.prepare(scan(clutter=box), debug=True)
+    assert list(prepared.steps) == ["page", "ink", "mask", "crop", "digit"]
+    strip = preprocess.strip(prepared.steps, height=80)
+    assert strip.shape[0] == 80 and strip.shape[2] == 3 and strip.dtype == np.uint8
