@@ -1,0 +1,153 @@
+"""`digit-inbox classify` end to end through the CLI: files and folders in, one CSV row per file
+out (exact header), exit status 0 when every file was read and 1 when any could not be."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from conftest import digit_png
+from PIL import Image
+
+from digit_inbox.daemon import cli, rows
+from digit_inbox.daemon.errors import ExitCode
+
+SCANS = Path(__file__).parent / "data" / "scans"
+
+
+def classify(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(["classify", "--workers", "0", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parse(text: str) -> list[dict[str, str]]:
+    assert text.startswith(rows.header_line())
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two digits at the top, one in a subfolder, and things a folder scan must skip."""
+    scans = tmp_path / "scans"
+    (scans / "sub").mkdir(parents=True)
+    (scans / "b.png").write_bytes(digit_png(0)[0])
+    (scans / "a.png").write_bytes(digit_png(1)[0])
+    (scans / "sub" / "c.png").write_bytes(digit_png(2)[0])
+    (scans / ".hidden.png").write_bytes(digit_png(3)[0])
+    (scans / ".cache").mkdir()
+    (scans / ".cache" / "d.png").write_bytes(digit_png(4)[0])
+    (scans / "notes.txt").write_text("not a scan")
+    return scans
+
+
+def test_a_folder_gives_one_row_per_image_in_sorted_order(capsys, folder):
+    code, out, _ = classify(capsys, str(folder))
+    assert code == ExitCode.OK
+    found = parse(out)
+    assert [r["file"] for r in found] == ["a.png", "b.png", "sub/c.png"]
+    labels = {"a.png": digit_png(1)[1], "b.png": digit_png(0)[1], "sub/c.png": digit_png(2)[1]}
+    for row in found:
+        assert row["status"] == "ok"
+        assert row["digit"] == str(labels[row["file"]])
+        assert row["sha256"] and row["model"] and row["width"] == "84"
+
+
+def test_a_file_named_explicitly_is_always_tried(capsys, folder):
+    code, out, _ = classify(capsys, str(folder / "notes.txt"), str(folder / "a.png"))
+    assert code == ExitCode.FILES_FAILED
+    notes, good = parse(out)
+    assert notes["file"] == str(folder / "notes.txt") and notes["status"] == "error"
+    assert "text" in notes["error"]
+    assert good["file"] == str(folder / "a.png") and good["status"] == "ok"
+
+
+def test_one_unreadable_file_makes_exit_status_1_and_the_rest_are_read(capsys, folder):
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    code, out, _ = classify(capsys, str(folder))
+    assert code == ExitCode.FILES_FAILED
+    statuses = {r["file"]: r["status"] for r in parse(out)}
+    assert statuses == {"a.png": "ok", "b.png": "ok", "broken.png": "error", "sub/c.png": "ok"}
+
+
+def test_a_blank_page_is_read_as_blank_with_exit_status_0(capsys, tmp_path):
+    Image.new("L", (200, 200), 250).save(tmp_path / "blank.png")
+    code, out, _ = classify(capsys, str(tmp_path / "blank.png"))
+    assert code == ExitCode.OK
+    (row,) = parse(out)
+    assert row["status"] == "blank" and row["digit"] == ""
+
+
+def test_a_missing_path_is_a_usage_error_before_any_work(capsys, caplog, folder):
+    code, out, _ = classify(capsys, str(folder), str(folder / "nope"))
+    assert code == ExitCode.USAGE
+    assert out == ""
+    assert "no such file or folder" in caplog.text and "nope" in caplog.text
+
+
+def test_output_file_is_written_whole_and_nothing_else_is_left(capsys, folder, tmp_path):
+    target = tmp_path / "out" / "report.csv"
+    target.parent.mkdir()
+    code, out, _ = classify(capsys, str(folder), "--output", str(target))
+    assert code == ExitCode.OK and out == ""
+    with open(target, encoding="utf-8", newline="") as f:
+        assert len(parse(f.read())) == 3
+    assert [p.name for p in target.parent.iterdir()] == ["report.csv"]
+
+
+def test_output_into_a_missing_folder_is_a_usage_error(capsys, caplog, folder, tmp_path):
+    code, _, _ = classify(capsys, str(folder), "-o", str(tmp_path / "no" / "such" / "r.csv"))
+    assert code == ExitCode.USAGE and "cannot write" in caplog.text
+
+
+def test_debug_dir_gets_a_strip_per_file(capsys, folder, tmp_path):
+    debug = tmp_path / "debug"
+    code, _, _ = classify(capsys, str(folder), "--debug-dir", str(debug))
+    assert code == ExitCode.OK
+    assert sorted(p.name for p in debug.iterdir()) == ["a.png.png", "b.png.png", "sub__c.png.png"]
+
+
+def test_an_empty_folder_gives_the_header_only(capsys, caplog, tmp_path):
+    code, out, _ = classify(capsys, str(tmp_path))
+    assert code == ExitCode.OK
+    assert out == rows.header_line()
+    assert "no image files" in caplog.text
+
+
+def test_bad_options_are_usage_errors(capsys, folder):
+    assert classify(capsys, str(folder), "--min-confidence", "1.5")[0] == ExitCode.USAGE
+    assert classify(capsys, str(folder), "--max-pixels", "0")[0] == ExitCode.USAGE
+
+
+def test_help_explains_the_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["classify", "--help"])
+    text = capsys.readouterr().out
+    assert "Exit status: 0" in text and "1 when any file could not be read" in text
+
+
+def test_the_worker_pool_gives_the_same_csv(capsys, folder):
+    _, alone, _ = classify(capsys, str(folder))
+    code = cli.main(["classify", "--workers", "2", str(folder)])
+    pooled = capsys.readouterr().out
+    assert code == ExitCode.OK
+
+    def stable(text: str) -> list[tuple[str, ...]]:
+        return [(r["file"], r["status"], r["digit"], r["sha256"]) for r in parse(text)]
+
+    assert stable(pooled) == stable(alone)
+
+
+@pytest.mark.skipif(not (SCANS / "labels.csv").exists(), reason="no sample scans committed")
+def test_the_committed_sample_scans_are_read_accurately(capsys):
+    code, out, _ = classify(capsys, str(SCANS))
+    assert out.startswith(rows.header_line())
+    with open(SCANS / "labels.csv", newline="") as f:
+        labels = {r["file"]: r["label"] for r in csv.DictReader(f)}
+    found = {r["file"]: r for r in parse(out)}
+    assert set(found) == set(labels)
+    assert code == ExitCode.OK
+    correct = sum(found[name]["digit"] == label for name, label in labels.items())
+    assert correct / len(labels) >= 0.85

@@ -1,0 +1,171 @@
+"""Reading many files: MNIST test digits rendered as scans are read accurately, every file gets
+exactly one complete row in input order, and the worker pool agrees with in-process reading."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import mnist_test_digits
+from PIL import Image
+
+from digit_inbox.daemon import recognize
+from digit_inbox.daemon.rows import Status
+
+
+def rendered(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    """An MNIST digit (ink = 255) as a scan: enlarged, somewhere on a shaded, noisy page of grey
+    or tinted paper, saved as PNG or JPEG."""
+    scale = rng.uniform(1.5, 5)
+    size = round(28 * scale)
+    ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC))
+    height, width = rng.integers(size + 10, 3 * size + 40, 2)
+    y, x = rng.integers(0, height - size), rng.integers(0, width - size)
+    coverage = np.zeros((height, width), np.float32)
+    coverage[y : y + size, x : x + size] = ink / 255
+    paper = rng.uniform(0.7, 1.0, 3)
+    light = np.linspace(1.0, rng.uniform(0.75, 1.0), width)[None, :, None]
+    page = paper * (1 - 0.85 * coverage[:, :, None]) * light
+    page += rng.normal(0, 0.02, page.shape)
+    image = Image.fromarray(np.clip(page * 255, 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    if rng.random() < 0.5:
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), ".png"
+    image.save(buffer, format="JPEG", quality=int(rng.integers(60, 95)))
+    return buffer.getvalue(), ".jpg"
+
+
+def write_digits(folder: Path, count: int, seed: int = 0) -> list[tuple[Path, str, int]]:
+    """The first `count` MNIST test digits as scans in folder: (path, name, label)."""
+    images, labels = mnist_test_digits()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        data, suffix = rendered(images[i], rng)
+        path = folder / f"{i:04d}{suffix}"
+        path.write_bytes(data)
+        out.append((path, path.name, int(labels[i])))
+    return out
+
+
+def test_rendered_mnist_digits_are_read_accurately(tmp_path):
+    files = write_digits(tmp_path, 200)
+    with recognize.Reader(workers=0) as reader:
+        rows = reader.read([(path, name) for path, name, _ in files])
+    correct = sum(row.digit == str(label) for row, (_, _, label) in zip(rows, files, strict=True))
+    assert correct / len(files) >= 0.95
+
+
+def test_each_row_is_complete_and_in_input_order(tmp_path):
+    files = write_digits(tmp_path, 3)
+    items = [(path, f"sub/{name}") for path, name, _ in reversed(files)]
+    with recognize.Reader(workers=0) as reader:
+        rows = reader.read(items)
+    assert [row.file for row in rows] == [name for _, name in items]
+    for (path, _), row in zip(items, rows, strict=True):
+        assert row.status in (Status.OK, Status.LOW_CONFIDENCE)
+        assert row.digit in "0123456789" and row.runner_up in "0123456789"
+        assert row.digit != row.runner_up
+        assert row.confidence is not None and row.runner_up_confidence is not None
+        assert 0 <= row.runner_up_confidence <= row.confidence <= 1
+        assert row.digit_confidences == f"{row.confidence:.4f}"
+        assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (row.width, row.height) == Image.open(path).size
+        assert row.model == reader.model_id and row.model
+        assert row.ms is not None and row.ms > 0
+        assert row.error == ""
+
+
+def test_bad_files_become_error_rows_and_the_rest_are_still_read(tmp_path):
+    (good, _, label), *_ = write_digits(tmp_path, 1)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    html = tmp_path / "login.jpg"
+    html.write_bytes(b"<html><body>session expired</body></html>")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200] if good.suffix == ".png" else b"\x89PNG\r\n\x1a\n")
+    items = [(p, p.name) for p in (empty, good, html, cut, tmp_path / "vanished.png")]
+    with recognize.Reader(workers=0) as reader:
+        rows = reader.read(items)
+    assert [r.status for r in rows] == [
+        Status.ERROR, rows[1].status, Status.ERROR, Status.ERROR, Status.ERROR
+    ]  # fmt: skip
+    assert rows[1].digit == str(label)
+    assert "empty" in rows[0].error and "HTML" in rows[2].error and "not found" in rows[4].error
+    for row in (rows[0], rows[2], rows[3], rows[4]):
+        assert row.digit == "" and row.confidence is None and row.error and "\n" not in row.error
+
+
+def test_a_blank_page_is_a_blank_row(tmp_path):
+    path = tmp_path / "blank.png"
+    Image.new("L", (300, 200), 235).save(path)
+    with recognize.Reader(workers=0) as reader:
+        (row,) = reader.read([(path, "blank.png")])
+    assert row.status == Status.BLANK
+    assert row.digit == "" and row.confidence is None
+    assert row.note  # says why
+    assert row.sha256 and row.width == 300
+
+
+def test_low_confidence_follows_min_confidence(tmp_path):
+    files = write_digits(tmp_path, 1)
+    items = [(path, name) for path, name, _ in files]
+    with recognize.Reader(workers=0, min_confidence=0) as reader:
+        (row,) = reader.read(items)
+    assert row.confidence is not None
+    with recognize.Reader(workers=0, min_confidence=row.confidence + 1e-3) as reader:
+        (low,) = reader.read(items)
+    with recognize.Reader(workers=0, min_confidence=row.confidence - 1e-3) as reader:
+        (sure,) = reader.read(items)
+    assert low.status == Status.LOW_CONFIDENCE and low.digit == row.digit
+    assert sure.status == Status.OK
+
+
+def test_the_worker_pool_reads_like_one_process_and_is_reused(tmp_path):
+    files = write_digits(tmp_path, 12, seed=1)
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    items = [(path, name) for path, name, _ in files] + [(tmp_path / "junk.png", "junk.png")]
+    with recognize.Reader(workers=0) as reader:
+        alone = reader.read(items)
+    reader = recognize.Reader(workers=2, batch_size=5)
+    try:
+        first = reader.read(items)
+        again = list(reader.iter_read(reversed(items)))
+    finally:
+        reader.close()
+    reader.close()  # twice is fine
+
+    def key(row):
+        return row.file, row.status, row.digit, row.sha256, row.error
+
+    assert [key(r) for r in first] == [key(r) for r in alone]
+    assert [key(r) for r in again] == [key(r) for r in reversed(alone)]
+
+
+def test_debug_strips_are_written_per_file(tmp_path):
+    files = write_digits(tmp_path, 2)
+    debug = tmp_path / "debug"
+    items = [(path, f"a/{name}") for path, name, _ in files]
+    with recognize.Reader(workers=0, debug_dir=debug) as reader:
+        reader.read(items)
+    strips = sorted(debug.iterdir())
+    assert [p.name for p in strips] == sorted(f"a__{name}.png" for _, name, _ in files)
+    assert Image.open(strips[0]).height > 28
+
+
+def test_prepare_file_returns_a_small_picklable_result(tmp_path):
+    (path, _, _), *_ = write_digits(tmp_path, 1)
+    prepared = recognize.prepare_file(path)
+    assert prepared.image is not None and prepared.image.shape == (28, 28)
+    assert len(pickle.dumps(prepared)) < 10_000
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", ".hidden", "a b/c?.png", "x" * 300])
+def test_debug_names_are_flat_and_safe(name):
+    flat = recognize.debug_name(name)
+    assert "/" not in flat and not flat.startswith(".") and flat.endswith(".png")
