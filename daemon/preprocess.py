@@ -212,22 +212,31 @@ def background(plane: np.ndarray) -> np.ndarray:
     light falls off between neighbouring cells - and takes that neighbour's value. Cells blur
     a sharp step in brightness (a shadow's edge, the page's edge on a white margin), so the
     estimate is capped by a grey-level closing (brightest nearby, then darkest nearby) over a
-    window wider than any stroke, which keeps such steps sharp.
+    window wider than any stroke, which keeps such steps sharp. Both at half resolution: the
+    paper is smooth, and halving averages out noise.
     """
-    block = block_size(plane.shape)
-    cells = block_percentile(plane, block, PAPER_PERCENTILE)
+    h, w = plane.shape
+    half = shrunk(plane, 2) if min(h, w) >= 16 else plane
+    block = max(1, block_size(plane.shape) // (plane.shape[0] // half.shape[0]))
+    cells = block_percentile(half, block, PAPER_PERCENTILE)
     for _ in range(3):
         brightest = neighbourhood(cells, np.maximum)
         filled = cells < INKED_CELL * brightest
         if not filled.any():
             break
         cells = np.where(filled, brightest, cells)
-    paper = spread(cells, plane.shape, block)
-    h, w = plane.shape
-    half = resized(plane, (max(1, h // 2), max(1, w // 2))) if min(h, w) >= 16 else plane
     k = max(3, round(CLOSING * max(half.shape))) | 1
     closed = window(window(half, k, np.maximum), k, np.minimum)
-    return np.minimum(paper, resized(closed, (h, w)) if closed.shape != plane.shape else closed)
+    paper = np.minimum(spread(cells, half.shape, block), closed)
+    return paper if paper.shape == plane.shape else resized(paper, (h, w))
+
+
+def shrunk(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each factor x factor block (the edge rows and columns that don't fill one are
+    dropped)."""
+    h, w = plane.shape[0] // factor * factor, plane.shape[1] // factor * factor
+    blocks = plane[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def ink_strength(plane: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -693,7 +702,7 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
     page = page_pixels(img, (oh, ow))
     if debug:
         steps["page"] = page
-    light = light_ink(page_pixels(img, overview_size(h, w, POLARITY_PIXELS)))
+    light = light_ink(shrunk(grey(page), max(1, round(math.sqrt(oh * ow / POLARITY_PIXELS)))))
     plane = ink_plane(page, light)
     paper = background(plane)
     ink = ink_strength(plane, paper)
