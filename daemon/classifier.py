@@ -8,6 +8,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+# Importing onnxruntime writes usage telemetry under $HOME/.cache and a session file in $TMPDIR
+# unless this is set first; the daemon writes only to its configured folders.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 import onnxruntime as ort
 
 from digit_inbox.daemon import contract
