@@ -695,38 +695,52 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
     """
     img = as_page(pixels)
     w, h = img.size
-    steps: dict[str, np.ndarray] = {}
     if min(h, w) < 3:
-        return Prepared(None, "image too small to hold a digit", steps)
-    oh, ow = overview_size(h, w)
-    page = page_pixels(img, (oh, ow))
+        return Prepared(None, "image too small to hold a digit")
+    look = overview(img, OVERVIEW_PIXELS)
+    if not isinstance(look.found, Digit) and look.scale < 0.5:
+        look = overview(img, 4 * OVERVIEW_PIXELS)  # a tiny digit may have faded into the paper
+    ink, found = look.ink, look.found
+    if isinstance(found, Digit):
+        size = max(found.box[2] - found.box[0], found.box[3] - found.box[1])
+        wanted = max(look.scale, min(1.0, DIGIT_PIXELS / (size / look.scale)))
+        # A small digit gets a closer look at finer resolution; one far smaller than the page
+        # a second look anyway: a form box around it is only a long line next to the digit.
+        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or size < 0.5 * max(ink.shape):
+            closer = look_closer(img, look.light, look.paper, found.box, look.scale, wanted)
+            if closer is not None:
+                ink, found = closer
+    steps = {"page": look.page, "ink": ink} if debug else {}
+    if not isinstance(found, Digit):
+        return Prepared(None, found, steps)
+    image, crop = normalise(ink, found)
     if debug:
-        steps["page"] = page
+        steps.update(mask=found.mask.astype(np.float32), crop=crop, digit=image)
+    return Prepared(image, "", steps)
+
+
+@dataclass
+class Look:
+    """The page seen whole at reduced resolution, and what was found there."""
+
+    page: np.ndarray
+    light: bool
+    paper: np.ndarray
+    ink: np.ndarray
+    scale: float
+    found: Digit | str
+
+
+def overview(img: Image.Image, pixels: int) -> Look:
+    w, h = img.size
+    oh, ow = overview_size(h, w, pixels)
+    page = page_pixels(img, (oh, ow))
     light = light_ink(shrunk(grey(page), max(1, round(math.sqrt(oh * ow / POLARITY_PIXELS)))))
     plane = ink_plane(page, light)
     paper = background(plane)
     ink = ink_strength(plane, paper)
     scale = oh / h
-    found = find_digit(ink, min_digit_size(max(h, w), scale))
-    if isinstance(found, Digit):
-        size = max(found.box[2] - found.box[0], found.box[3] - found.box[1])
-        wanted = max(scale, min(1.0, DIGIT_PIXELS / (size / scale)))
-        # A small digit gets a closer look at finer resolution; one far smaller than the page
-        # a second look anyway: a form box around it is only a long line next to the digit.
-        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * scale) or size < 0.5 * max(oh, ow):
-            closer = look_closer(img, light, paper, found.box, scale, wanted)
-            if closer is not None:
-                ink, found = closer
-    if debug:
-        steps["ink"] = ink
-    if not isinstance(found, Digit):
-        return Prepared(None, found, steps)
-    image, crop = normalise(ink, found)
-    if debug:
-        steps["mask"] = found.mask.astype(np.float32)
-        steps["crop"] = crop
-        steps["digit"] = image
-    return Prepared(image, "", steps)
+    return Look(page, light, paper, ink, scale, find_digit(ink, min_digit_size(max(h, w), scale)))
 
 
 def min_digit_size(page_side: int, scale: float) -> float:
