@@ -3,21 +3,22 @@
 A plain resize-and-invert works on MNIST and fails on real scans (grey or yellow paper, uneven
 light, blue ballpoint, form boxes, ruled lines, dust, a small digit on a big page). So:
 
-1. `ink_strength`: estimate the paper brightness everywhere (`background`, a coarse high
-   percentile), then measure how much darker each pixel is, relative to its paper, per colour
-   channel (blue ink on yellow paper is dark in red and green, not in blue).
-   `light_ink` flips white-on-black scans first.
-2. `threshold` (Otsu with a contrast floor) gives the ink mask; `clear_border` drops the dark
-   frame scanners leave, `remove_lines` the long straight lines of forms and ruled paper,
-   keeping the pixels where a digit crosses them.
+1. `light_ink` flips white-on-black pages; `ink_plane` keeps the darkest colour channel (blue
+   ink on yellow paper is dark in red, not in blue); `background` estimates the paper's
+   brightness everywhere and `ink_strength` measures how much darker than its paper each pixel
+   is, so shading, shadows and tinted paper drop out.
+2. `threshold` (Otsu, above a contrast and a noise floor) gives the ink mask; `clear_border`
+   drops the dark frame scanners leave, `remove_lines` the long straight lines of forms and
+   ruled paper, keeping the pixels where a digit crosses them.
 3. `label` finds connected components (numpy only) and `select_digit` keeps the largest plus
-   the pieces near it (a 5's detached bar, broken pencil strokes) and drops dust.
+   the pieces that belong to it (a 5's detached bar, broken pencil strokes), never dust.
 4. `normalise` crops the soft ink around the digit, fits it into 20x20 keeping its aspect,
    and centres it by mass in 28x28.
 
-Everything runs on a reduced overview of the page (`OVERVIEW_PIXELS`); when the digit turns out
-small there, the page is read again around it at a resolution where it has enough pixels.
-All functions are pure; `prepare` chains them and never raises for any array it is given.
+Everything first runs on a reduced overview of the page (`OVERVIEW_PIXELS`); when the digit
+turns out small there, the region around it is read again at a resolution where the digit has
+`DIGIT_PIXELS`. All functions are pure; `prepare` chains them and never raises for any array
+it is given, except a DecodeError for arrays that are no image at all.
 """
 
 from __future__ import annotations
