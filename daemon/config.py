@@ -14,6 +14,7 @@ import errno
 import fnmatch
 import logging
 import os
+import reprlib
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -142,8 +143,13 @@ class Invalid(ValueError):
 # --- Value parsers: each takes the raw YAML value and returns the typed one or raises Invalid.
 
 
+# Bounded: a YAML alias bomb (lists of lists of the same list) would expand to gigabytes in repr.
+SHORT = reprlib.Repr()
+SHORT.maxlevel, SHORT.maxlist, SHORT.maxdict, SHORT.maxstring, SHORT.maxother = 3, 6, 6, 80, 80
+
+
 def describe(value: Any) -> str:
-    text = repr(value)
+    text = SHORT.repr(value)
     return f"{text[:60]}..." if len(text) > 60 else text
 
 
