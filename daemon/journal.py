@@ -108,8 +108,16 @@ CREATE TABLE IF NOT EXISTS claims (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS claims_sha256 ON claims (sha256) WHERE sha256 != '';
-CREATE INDEX IF NOT EXISTS claims_open ON claims (state) WHERE state != 'done';
+CREATE INDEX IF NOT EXISTS claims_state ON claims (state);
 """
+
+
+KNOWS = "SELECT 1 FROM claims WHERE claim_id = ?"
+# `sha256 != ''` lets SQLite use the partial index; without it every file would scan the table.
+FIRST_WITH = (
+    "SELECT moved_to FROM claims WHERE sha256 = ? AND sha256 != '' AND state != 'claimed' "
+    "ORDER BY rowid LIMIT 1"
+)
 
 
 def encode(path: Path | None) -> bytes | None:
@@ -221,7 +229,7 @@ class Journal:
         rows = self.db.execute(
             "SELECT claim_id, claim, original, name, noticed, state, attempts, dest, dev, ino, "
             "report, report_offset, line, sha256, moved_to, status, error "
-            "FROM claims WHERE state != 'done' ORDER BY rowid"
+            "FROM claims WHERE state IN ('claimed', 'classified') ORDER BY rowid"
         ).fetchall()
         return [
             Entry(
@@ -246,19 +254,20 @@ class Journal:
         ]
 
     def knows(self, claim_id: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM claims WHERE claim_id = ?", (claim_id,)).fetchone()
+        row = self.db.execute(KNOWS, (claim_id,)).fetchone()
         return row is not None
 
     def first_with(self, sha256: str) -> str | None:
         """Where the first file with this content was filed (its `moved_to`), if any."""
         if not sha256:
             return None
-        row = self.db.execute(
-            "SELECT moved_to FROM claims WHERE sha256 = ? AND state != 'claimed' "
-            "ORDER BY rowid LIMIT 1",
-            (sha256,),
-        ).fetchone()
+        row = self.db.execute(FIRST_WITH, (sha256,)).fetchone()
         return None if row is None else str(row[0])
+
+    @staticmethod
+    def per_file_queries(sha256: str, claim_id: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The lookups made for every file, with arguments (to check they use an index)."""
+        return [(FIRST_WITH, (sha256,)), (KNOWS, (claim_id,))]
 
 
 class _Transaction:

@@ -107,3 +107,12 @@ def test_a_failed_transaction_changes_nothing(tmp_path):
             journal.record(claimed=[entry(tmp_path, 2)], classified=[broken])
         assert [x.claim_id for x in journal.unfinished()] == [e.claim_id]
         assert journal.unfinished()[0].state is State.CLAIMED
+
+
+def test_per_file_lookups_use_indexes_so_a_long_journal_is_never_scanned(tmp_path):
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        journal.record(claimed=[entry(tmp_path, 1)])
+        plans = []
+        for sql, args in journal.per_file_queries("ab" * 32, "host.1.abcd.00000001"):
+            plans += [row[-1] for row in journal.db.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+    assert plans and all("SCAN claims" not in plan for plan in plans), plans
