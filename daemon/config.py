@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from digit_inbox.daemon.errors import ConfigError
+from digit_inbox.daemon.filing import NAME_MAX
 
 log = logging.getLogger(__name__)
 
@@ -250,17 +251,25 @@ def layout(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid(f"must be a string such as '{{digit}}', got {describe(value)}")
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        parsed = string.Formatter().parse(value)
+        fields = [(n, spec, conv) for _, n, spec, conv in parsed if n is not None]
     except ValueError as exc:
         raise Invalid(f"is not a valid template ({exc})") from None
+    names = [name for name, _, _ in fields]
     unknown = [n for n in names if n not in LAYOUT_FIELDS]
     if unknown:
         raise Invalid(f"unknown placeholder {{{unknown[0]}}}; use {', '.join(LAYOUT_FIELDS)}")
     if "digit" not in names:
         raise Invalid("must contain {digit}, or every digit would land in one folder")
+    # A format spec or conversion could fail or grow a name when the daemon files a scan.
+    if any(spec or conv for _, spec, conv in fields):
+        raise Invalid("placeholders take no format: write {digit}, not {digit:>3} or {digit!r}")
     parts = Path(value).parts
     if Path(value).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts):
         raise Invalid("must be a relative folder inside the outbox, without '..' or hidden parts")
+    sample = value.format(digit="0", date="2000-01-01", year="2000", month="01", day="01")
+    if "\0" in value or any(len(os.fsencode(p)) > NAME_MAX for p in Path(sample).parts):
+        raise Invalid(f"each folder name must fit {NAME_MAX} bytes, without NUL characters")
     return value
 
 
@@ -473,6 +482,14 @@ def nearest_existing(path: Path) -> Path:
     return Path(path.anchor or "/")
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file, False instead of OSError for a name too long or a loop of links."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def device_of(path: Path) -> int | None:
     try:
         return os.stat(nearest_existing(path)).st_dev
@@ -510,7 +527,7 @@ def load(path: Path, *, check_folders: bool = True) -> Config:
         problems += folder_problems(values["paths"], values["watch"].get("recursive"))
     if values:
         model = values["recognition"].get("model")
-        if model is not None and not model.is_file():
+        if model is not None and not is_file(model):
             problems.append(
                 f"recognition.model: {model} is not a file; give the path of an ONNX file made "
                 "by `digit-inbox export`, or null for the embedded model"
