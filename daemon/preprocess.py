@@ -43,6 +43,7 @@ PAPER_PERCENTILE = 0.85  # of each cell: paper even where ink covers a good part
 CONTRAST_FLOOR = 0.12  # ink must be this much darker than its paper (fraction of it)
 MIN_DIGIT_FRACTION = 0.01  # a digit spans at least this much of the page's longer side
 MIN_DIGIT_PX = 8  # ... and at least this many pixels of the original image
+HYSTERESIS = 0.65  # ink this fraction of the threshold counts where it touches clear ink
 NOISE_SIGMAS = 6  # ink is this many noise deviations darker than the paper
 MNIST_STROKE = 1.95  # median stroke width of MNIST digits in 28x28 px (area / half perimeter)
 
@@ -581,15 +582,19 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
     """The digit's ink in an ink-strength map, or why there is none (a blank reason).
 
     The mask comes from a lightly smoothed copy, which keeps pencil grain and paper noise from
-    breaking strokes apart or passing for ink. Printed lines and scanner borders are often
-    darker than a pencil digit and would pull the threshold above it: once they are known, the
-    threshold is chosen again without them. A digit smaller than `min_size` px is a speck.
+    breaking strokes apart or passing for ink, with hysteresis: faint ink counts where it is
+    connected to ink above the threshold, so a grainy pencil stroke stays whole and faint
+    specks stay out. Printed lines and scanner borders are often darker than a pencil digit
+    and would pull the threshold above it: once they are known, the threshold is chosen again
+    without them. A digit smaller than `min_size` px is a speck.
     """
     smooth = smoothed(ink)
-    t = max(threshold(smooth), noise_floor(smooth))
-    raw = smooth >= t
-    if not raw.any():
+    floor = max(noise_floor(smooth), CONTRAST_FLOOR)
+    t = max(threshold(smooth), floor)
+    if not (smooth >= t).any():
         return "no ink darker than the paper"
+    low = max(floor, HYSTERESIS * t)
+    raw = smooth >= low
     mask = clear_border(raw)
     horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
     structure = raw & ~mask
@@ -599,22 +604,33 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
         structure |= line.pixels.T
     if structure.any():
         quiet = np.where(neighbourhood(structure, np.logical_or), 0, smooth)
-        lower = max(threshold(quiet), noise_floor(smooth))
-        if lower < t - 0.02:
-            t = lower
-            mask = clear_border(smooth >= t)
+        t = min(t, max(threshold(quiet), floor))
+        if max(floor, HYSTERESIS * t) < low - 0.02:
+            low = max(floor, HYSTERESIS * t)
+            mask = clear_border(smooth >= low)
             horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
     cleaned = remove_lines(mask, horizontal, vertical)
+    strong = cleaned & (smooth >= t)
     labels, n = label(cleaned)
+    labels, n = keep_labels(labels, n, np.unique(labels[strong]))
     if n == 0:
         return "only lines, no digit"
     ids = select_digit(labels, n)
     digit = np.isin(labels, ids)
-    ys, xs = np.nonzero(digit)
+    ys, xs = np.nonzero(digit & strong)  # the box of the clear ink: faint rims would widen it
     box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
     return Digit(digit, box, t)
+
+
+def keep_labels(labels: np.ndarray, n: int, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels renumbered 1..k keeping only the ids in `keep` (0 = background is dropped)."""
+    kept = np.zeros(n + 1, bool)
+    kept[keep] = True
+    kept[0] = False
+    renumber = (np.cumsum(kept) * kept).astype(labels.dtype)
+    return renumber[labels], int(kept.sum())
 
 
 def is_speck(piece: np.ndarray, min_size: float) -> bool:
