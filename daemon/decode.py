@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import stat
 import warnings
 from dataclasses import dataclass
@@ -83,28 +84,35 @@ class Decoded:
 
 
 def read_bytes(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The file's bytes, refusing what is not a regular file or is too big to be a scan."""
+    """The file's bytes, refusing what is not a regular file or is too big to be a scan.
+
+    Checked on the opened file, not on its name first: a name swapped for a pipe in between
+    could otherwise block the read forever (O_NONBLOCK opens a pipe without waiting).
+    """
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DecodeError("file not found (was it moved or deleted?)") from None
     except OSError as exc:
         raise DecodeError(f"cannot read the file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise DecodeError("is a folder, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        raise DecodeError("not a regular file (a pipe or device?)")  # reading could block
-    max_bytes = max(64 << 20, 8 * max_pixels)  # uncompressed 16-bit RGBA at the pixel limit
-    if info.st_size > max_bytes:
-        raise DecodeError(
-            f"file is {info.st_size / 1e6:.0f} MB, more than any scan within the pixel limit "
-            f"({max_bytes / 1e6:.0f} MB)"
-        )
     try:
-        with path.open("rb") as f:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DecodeError("is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError("not a regular file (a pipe or device?)")  # reading could block
+        max_bytes = max(64 << 20, 8 * max_pixels)  # uncompressed 16-bit RGBA at the pixel limit
+        if info.st_size > max_bytes:
+            raise DecodeError(
+                f"file is {info.st_size / 1e6:.0f} MB, more than any scan within the pixel "
+                f"limit ({max_bytes / 1e6:.0f} MB)"
+            )
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
         raise DecodeError(f"cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise DecodeError("file grew past the size limit while being read (still being written?)")
     return data
