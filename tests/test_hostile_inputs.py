@@ -15,7 +15,7 @@ import pytest
 from conftest import write_config
 
 from bench.torture import Ledger, account, digit_png, hostile_corpus, read_reports, report_cell
-from digit_inbox.daemon import recognize
+from digit_inbox.daemon import decode, recognize
 from digit_inbox.daemon.filing import NAME_MAX
 
 pytestmark = pytest.mark.slow
@@ -214,3 +214,43 @@ def test_what_the_fuzzer_found_is_read_or_refused_cleanly(path, tmp_path):
         assert "\n" not in prepared.error
     else:
         assert prepared.image is None or prepared.image.shape == (28, 28)
+
+
+def test_a_name_swapped_for_a_pipe_after_any_check_never_blocks_the_read(tmp_path, monkeypatch):
+    """Someone who can write the inbox may swap a claimed file for a FIFO between a check by
+    name and the open: a read that opened the pipe blocking would hang a decoding worker."""
+    path = tmp_path / "claimed.png"
+    path.write_bytes(digit_png(3))
+    swapped = threading.Event()
+
+    def swap_after(real):
+        def check(target, *args, **kwargs):
+            result = real(target, *args, **kwargs)
+            if os.fspath(target) == os.fspath(path) and not swapped.is_set():
+                swapped.set()
+                os.unlink(path)
+                os.mkfifo(path)
+            return result
+
+        return check
+
+    monkeypatch.setattr(os, "stat", swap_after(os.stat))
+    monkeypatch.setattr(os, "lstat", swap_after(os.lstat))
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: os.stat(self, **kw))
+    outcome: list[object] = []
+    reader = threading.Thread(target=lambda: outcome.append(read_or_refuse(path)))
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked on the pipe: unblock it, then fail
+        with open(path, "wb"):
+            pass
+        reader.join()
+        pytest.fail("reading blocked on a pipe swapped in after the check")
+    assert outcome and outcome[0] in (digit_png(3), "refused")
+
+
+def read_or_refuse(path: Path) -> bytes | str:
+    try:
+        return decode.read_bytes(path)
+    except decode.DecodeError:
+        return "refused"
