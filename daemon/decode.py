@@ -239,6 +239,15 @@ def flatten(im: Image.Image) -> Image.Image:
     if mode in ("LA", "La", "RGBA", "RGBa"):
         base = "L" if mode.startswith("L") else "RGB"
         alpha = im.getchannel("A")
+        opaque = alpha.getbbox()
+        if opaque and opaque != (0, 0, *im.size):
+            inside = alpha.crop(opaque)
+            area = inside.width * inside.height
+            if inside.histogram()[0] < 0.05 * area and area > 0.5 * im.width * im.height:
+                # A page exported inside a transparent margin (not a cut-out, where the paper
+                # itself is transparent): the margin is not paper, and a white one next to a
+                # shaded page would look like a dark frame around it.
+                im, alpha = im.crop(opaque), inside
         page = Image.new(base, im.size, "white")
         page.paste(im.convert(base), mask=alpha)
         return page

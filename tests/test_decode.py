@@ -3,6 +3,7 @@ every kind of bad file ends as a DecodeError naming its problem, quickly."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import struct
@@ -84,11 +85,22 @@ def test_every_format_and_colour_mode_reads_as_the_page(tmp_path, fmt, suffix, m
 
 
 def test_transparent_paper_is_composited_onto_white(tmp_path):
-    # A cut-out as many tools write it: black under the fully transparent paper.
+    # A cut-out as many tools write it: a stroke, and black under the fully transparent paper.
     rgba = np.zeros((SIZE[1], SIZE[0], 4), np.uint8)
-    rgba[MARK] = (0, 0, 0, 255)
+    rgba[5:35, 28:32] = (0, 0, 0, 255)
     path = write(tmp_path, "cutout.png", encoded(Image.fromarray(rgba), "PNG"))
-    assert_reads_as_the_page(decode.decode(path))
+    grey = np.asarray(decode.decode(path).image.convert("L"))
+    assert grey.shape == (SIZE[1], SIZE[0])
+    assert grey[5:35, 28:32].max() < 30 and grey[:, :20].min() == 255
+
+
+def test_a_transparent_margin_around_the_page_is_cropped_off(tmp_path):
+    canvas = Image.new("RGBA", (SIZE[0] + 12, SIZE[1] + 8), (0, 0, 0, 0))
+    canvas.paste(page(), (7, 3))
+    decoded = decode.decode(write(tmp_path, "margin.png", encoded(canvas, "PNG")))
+    assert decoded.image.size == SIZE
+    assert (decoded.width, decoded.height) == canvas.size  # the file's own size is reported
+    assert_reads_as_the_page(dataclasses.replace(decoded, width=SIZE[0], height=SIZE[1]))
 
 
 def test_palette_with_transparency_is_composited_onto_white(tmp_path):
