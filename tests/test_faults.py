@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -86,18 +86,16 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def fill(path: Path) -> int:
-    """Write `path` until the disk is full; how many bytes it took."""
-    written = 0
+def fill(path: Path) -> None:
+    """Write `path` until the disk is full, to the last byte."""
     with open(path, "wb", buffering=0) as f:
         for size in (1 << 16, 1 << 12, 1 << 8, 1):
             while True:
                 try:
-                    written += f.write(b"\0" * size)
+                    f.write(b"\0" * size)
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
                     break
-    return written
 
 
 @pytest.mark.parametrize("state", ["on-the-full-disk", "elsewhere"])
@@ -217,7 +215,7 @@ def test_the_inbox_deleted_and_recreated_exits_6_then_the_restart_reads_on(start
 
 def tz_with_midnight_in(seconds: float) -> str:
     """A POSIX TZ whose local midnight comes `seconds` from now (offsets to the second)."""
-    now = datetime.now(tz=None).astimezone().utcnow()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
     target = datetime.combine(now.date(), datetime.min.time()) - timedelta(seconds=seconds)
     offset = int((now - target).total_seconds()) % 86400  # local = utc - offset (POSIX sign)
     if offset > 12 * 3600:
@@ -233,9 +231,13 @@ def test_the_report_rolls_over_at_local_midnight_with_each_row_once(start_daemon
     ledger = Ledger()
     tz = tz_with_midnight_in(8)
     daemon = start_daemon(TZ=tz)
+
+    def rows_on_the_second_day() -> int:
+        days = sorted(folders.reports.glob("*.csv"))
+        return len(days[1].read_text().splitlines()) - 1 if len(days) > 1 else 0
+
     with Feeder(folders.inbox, ledger, rate=20, bad_every=0, seed=5):
-        wait_until(lambda: len(list(folders.reports.glob("*.csv"))) >= 2, 40, "a second day")
-        time.sleep(0.5)
+        wait_until(lambda: rows_on_the_second_day() >= 10, 40, "rows on the second day")
     daemon.wait_rows(len(ledger))
     assert daemon.stop() == 0
     assert_all_accounted(ledger, folders, [folders.reports])
