@@ -45,7 +45,6 @@ MIN_DIGIT_FRACTION = 0.01  # a digit spans at least this much of the page's long
 MIN_DIGIT_PX = 8  # ... and at least this many pixels of the original image
 HYSTERESIS = 0.65  # ink this fraction of the threshold counts where it touches clear ink
 NOISE_SIGMAS = 6  # ink is this many noise deviations darker than the paper
-MNIST_STROKE = 1.95  # median stroke width of MNIST digits in 28x28 px (area / half perimeter)
 
 
 @dataclass
@@ -657,14 +656,6 @@ def noise_floor(ink: np.ndarray) -> float:
 # --- normalising -------------------------------------------------------------------------
 
 
-def stroke_width(mask: np.ndarray) -> float:
-    """Mean stroke width of a mask: its area over half its perimeter."""
-    area = int(mask.sum())
-    perimeter = int((mask[:, 1:] != mask[:, :-1]).sum() + (mask[1:] != mask[:-1]).sum())
-    perimeter += int(mask[:, 0].sum() + mask[:, -1].sum() + mask[0].sum() + mask[-1].sum())
-    return 2 * area / max(perimeter, 1)
-
-
 def normalise(ink: np.ndarray, digit: Digit) -> tuple[np.ndarray, np.ndarray]:
     """(28x28 float32, the crop it was made from): MNIST's size and position normalisation."""
     y0, x0, y1, x1 = digit.box
@@ -674,12 +665,10 @@ def normalise(ink: np.ndarray, digit: Digit) -> tuple[np.ndarray, np.ndarray]:
     level = max(float(np.percentile(core, 90)), digit.threshold, 1e-3)
     crop = np.clip(crop / level, 0, 1).astype(np.float32)
 
+    # No stroke-width normalisation: thickening fine pens and thinning markers measured no
+    # better on scans (the model was trained on thicker, thinner and fainter strokes).
     h, w = crop.shape
     scale = DIGIT_BOX / max(h, w)
-    sw = stroke_width(digit.mask[y0:y1, x0:x1]) * scale
-    if sw < 0.6 * MNIST_STROKE:  # a fine pen on a big digit would fade to a hairline
-        for _ in range(min(3, round((0.8 * MNIST_STROKE - sw) / scale / 2))):
-            crop = neighbourhood(crop, np.maximum)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     small = np.clip(resized(crop, size), 0, 1)
     return centre(small), crop
