@@ -154,6 +154,15 @@ def test_a_digits_own_bar_is_not_taken_for_a_line():
     assert (preprocess.remove_lines(mask) == mask).all()
 
 
+@pytest.mark.parametrize("top", [10, 3], ids=["margin", "tight crop"])
+def test_a_lone_straight_stroke_is_a_one_not_a_line(top):
+    image = Image.new("L", (75, 100), 245)
+    ImageDraw.Draw(image).line([(40, top), (34, 100 - top)], fill=20, width=5)
+    digit = read(np.asarray(image))
+    rows, cols = np.nonzero(digit > 0.5)
+    assert rows.max() - rows.min() >= 17 and cols.max() - cols.min() <= 8
+
+
 def test_a_scanners_dark_frame_is_cleared():
     def frame(draw: ImageDraw.ImageDraw) -> None:
         draw.rectangle([0, 0, 200, 6], fill=BLACK)
