@@ -10,6 +10,7 @@ forking a threaded process can deadlock the child. Workers never import onnxrunt
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -102,7 +103,10 @@ def write_strip(path: Path, steps: dict[str, np.ndarray]) -> None:
 def debug_name(name: str) -> str:
     """A flat, safe file name for the debug strip of the file called `name`."""
     flat = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__").replace(os.sep, "__"))
-    return flat.lstrip(".") + ".png"
+    flat = flat.lstrip(".")
+    if len(flat) > 200:  # file systems stop at 255 bytes; keep it unique with a hash
+        flat = flat[:180] + "_" + hashlib.sha256(name.encode(errors="replace")).hexdigest()[:12]
+    return flat + ".png"
 
 
 def pool_context() -> multiprocessing.context.BaseContext:

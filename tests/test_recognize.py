@@ -169,3 +169,4 @@ def test_prepare_file_returns_a_small_picklable_result(tmp_path):
 def test_debug_names_are_flat_and_safe(name):
     flat = recognize.debug_name(name)
     assert "/" not in flat and not flat.startswith(".") and flat.endswith(".png")
+    assert len(flat.encode()) <= 255
