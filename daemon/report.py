@@ -65,7 +65,12 @@ class Report:
     def __init__(self, path: Path) -> None:
         self.path = path
         created = not path.exists()
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:  # someone removed the reports folder: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, flags, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
             if created:

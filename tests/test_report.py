@@ -115,3 +115,10 @@ def test_a_report_is_locked_while_open(tmp_path):
     path = tmp_path / "r.csv"
     with report.Report(path), open(path, "rb") as other, pytest.raises(BlockingIOError):
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_removed_reports_folder_is_made_again(tmp_path):
+    path = tmp_path / "reports" / "r.csv"
+    with report.Report(path) as rep:
+        rep.append([line("a.png")])
+    assert [r["file"] for r in read_rows(path)] == ["a.png"]
