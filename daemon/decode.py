@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -128,18 +129,18 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     if not data:
         raise DecodeError("empty file (0 bytes)")
     sha256 = hashlib.sha256(data).hexdigest()
-    # Our own size check (below, with a message that says what to do) runs before any pixel is
-    # decoded; Pillow's limit then follows ours, so a larger --max-pixels is honoured and any
-    # other Pillow call in this process is protected too.
-    Image.MAX_IMAGE_PIXELS = None
+    # Pillow's limit follows ours, so a larger --max-pixels is honoured. It must stay on while
+    # opening: GIF and WebP set up their first frame then (a 13 kB GIF whose frames declare
+    # 65000x50000 px took 3 GB); our own check below covers what Pillow only warns about.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         im = Image.open(BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise DecodeError(sniff(data)) from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(bomb_reason(exc, max_pixels)) from None
     except Exception as exc:  # plugins raise SyntaxError, struct.error, ... on broken headers
         raise DecodeError(f"corrupt image header ({one_line(exc)})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = max_pixels
     fmt = SAME_FORMAT.get(im.format or "", im.format or "image")
     notes = []
     expected = EXTENSIONS.get(suffix.lower())
@@ -184,6 +185,16 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
             f"image is {width}×{height} px, a strip too elongated to be the scan of a digit "
             f"(more than {MAX_ASPECT}:1)"
         )
+
+
+def bomb_reason(exc: Image.DecompressionBombError, max_pixels: int) -> str:
+    """Pillow refused a header declaring over twice the limit; say how big, as check_size does."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = megapixels(int(found[1])) if found else f"more than {megapixels(2 * max_pixels)}"
+    return (
+        f"image declares {size} MP, over the {megapixels(max_pixels)} MP limit "
+        "(scan.max_pixels / --max-pixels)"
+    )
 
 
 def megapixels(pixels: int) -> str:

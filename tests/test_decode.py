@@ -182,9 +182,7 @@ def reason(tmp_path: Path, name: str, data: bytes, **kwargs: int) -> str:
 def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path):
     start = time.monotonic()
     text = reason(tmp_path, "bomb.png", png_bomb(200_000, 200_000))
-    assert text == (
-        "image is 200000×200000 = 40000 MP, over the 40 MP limit (scan.max_pixels / --max-pixels)"
-    )
+    assert text == "image declares 40000 MP, over the 40 MP limit (scan.max_pixels / --max-pixels)"
     assert time.monotonic() - start < 1
 
 
