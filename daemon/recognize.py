@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PARENT_CHECK_SECONDS = 1.0
 FILES_PER_TASK = 4  # fewer round trips to the workers, still fine-grained enough to balance
 
 
@@ -109,9 +111,29 @@ def debug_name(name: str) -> str:
     return flat + ".png"
 
 
-def pool_context() -> multiprocessing.context.BaseContext:
+def new_pool(workers: int) -> ProcessPoolExecutor:
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=follow_parent, initargs=(os.getpid(),)
+    )
+
+
+def follow_parent(parent: int) -> None:
+    """Make this worker exit when the process that started the pool is gone, even killed with
+    SIGKILL: an idle worker would otherwise wait for work forever (and keep the forkserver)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except OSError:
+                pass  # alive, owned by someone else
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 class Reader:
@@ -199,7 +221,7 @@ class Reader:
 
     def _submit(self, chunk: list[tuple[Path, str]]) -> Future[list[Prepared]]:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=pool_context())
+            self._pool = new_pool(self.workers)
         return self._pool.submit(prepare_files, [self._job(p, n) for p, n in chunk])
 
     def _result(
@@ -225,7 +247,7 @@ class Reader:
     def _restart_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=pool_context())
+        self._pool = new_pool(self.workers)
 
     def _classify(self, batch: list[tuple[str, Prepared]]) -> list[Row]:
         start = time.perf_counter()

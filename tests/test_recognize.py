@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mnist_test_digits
+from conftest import mnist_test_digits, wait_until
 from PIL import Image
 
 from digit_inbox.daemon import recognize
@@ -170,3 +174,35 @@ def test_debug_names_are_flat_and_safe(name):
     flat = recognize.debug_name(name)
     assert "/" not in flat and not flat.startswith(".") and flat.endswith(".png")
     assert len(flat.encode()) <= 255
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_exit_when_the_reading_process_is_killed(tmp_path):
+    write_digits(tmp_path, 8)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from digit_inbox.daemon import recognize\n"
+        "reader = recognize.Reader(workers=2)\n"
+        f"reader.read([(p, p.name) for p in sorted(Path({str(tmp_path)!r}).iterdir())])\n"
+        "print(*reader._pool._processes, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 2 and not any(gone(pid) for pid in workers)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wait_until(lambda: all(gone(pid) for pid in workers), 15, "the workers to exit")
