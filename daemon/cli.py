@@ -30,10 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="watch the inbox and file every scan dropped there")
-    run.add_argument("--config", "-c", type=Path, default=Path("config.yaml"),
-                     help="config file (default: ./config.yaml)")  # fmt: skip
-    run.add_argument("--check-config", action="store_true",
-                     help="validate the config and exit (0 valid, 3 invalid)")  # fmt: skip
+    run.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("config.yaml"),
+        help="config file (default: ./config.yaml)",
+    )
+    run.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config and exit (0 valid, 3 invalid)",
+    )
 
     status = sub.add_parser("status", help="show what the running daemon is doing")
     status.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
@@ -45,32 +53,51 @@ def build_parser() -> argparse.ArgumentParser:
         "1 when any file could not be read (status error; its row says why), "
         "2 for a bad command line or a missing PATH, 5 when the model cannot be loaded.",
     )
-    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                          help="image files or folders (searched recursively)")  # fmt: skip
+    classify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="image files or folders (searched recursively)",
+    )
     classify.add_argument("--output", "-o", type=Path, help="write the CSV here, not stdout")
     classify.add_argument("--model", type=Path, help="ONNX model (default: the embedded one)")
-    classify.add_argument("--min-confidence", type=float, default=0.6,
-                          help="below this the status is low_confidence (default 0.6)")  # fmt: skip
-    classify.add_argument("--max-pixels", type=int, default=40_000_000,
-                          help="refuse larger images as decompression bombs (default 40e6)")  # fmt: skip
-    classify.add_argument("--debug-dir", type=Path,
-                          help="write a PNG strip of the preprocessing steps per file here")  # fmt: skip
-    classify.add_argument("--workers", type=int, default=None,
-                          help="decoding processes (default: one per CPU core)")  # fmt: skip
+    classify.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.6,
+        help="below this the status is low_confidence (default 0.6)",
+    )
+    classify.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="refuse larger images as decompression bombs (default 40e6)",
+    )
+    classify.add_argument(
+        "--debug-dir", type=Path, help="write a PNG strip of the preprocessing steps per file here"
+    )
+    classify.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: one per CPU core)"
+    )
 
     train = sub.add_parser("train", help="train a model on MNIST (needs the [train] extra)")
     train.add_argument("--arch", choices=["cnn", "softmax"], default="cnn")
     train.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
-    train.add_argument("--download", action="store_true",
-                       help="download missing MNIST files into --data-dir first")  # fmt: skip
+    train.add_argument(
+        "--download", action="store_true", help="download missing MNIST files into --data-dir first"
+    )
     train.add_argument("--output", "-o", type=Path, required=True, help="checkpoint to write")
     train.add_argument("--epochs", type=int, help="default: 30 for cnn, 2 for softmax")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--device", default="cpu", help="cpu or cuda")
-    train.add_argument("--dry-run", action="store_true",
-                       help="one epoch on 512 images: checks the pipeline in seconds")  # fmt: skip
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one epoch on 512 images: checks the pipeline in seconds",
+    )
 
     export = sub.add_parser("export", help="convert a checkpoint to ONNX and check parity")
     export.add_argument("checkpoint", type=Path)
@@ -92,7 +119,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from digit_inbox.daemon import service
 
-        return service.main(args.config, check_only=args.check_config)
+        return service.main(args.config, check_only=args.check_config, log_level=args.log_level)
     if args.command == "status":
         from digit_inbox.daemon import health
 

@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
 from digit_inbox.daemon import config, filing, report
+from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, RuntimeFault
 from digit_inbox.daemon.health import Health
 from digit_inbox.daemon.journal import Entry, Journal, State
@@ -116,7 +116,7 @@ def configure_logging(command_line: str | None, configured: str) -> None:
 def model_path(recognition: config.Recognition) -> Path:
     if recognition.model is not None:
         return recognition.model
-    return Path(str(resources.files("digit_inbox.daemon") / "models" / "digits.onnx"))
+    return embedded_model()
 
 
 def verify_model(path: Path, pinned: str | None) -> None:
