@@ -38,7 +38,10 @@ DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
 CLOSING = 0.25  # ... and no dark thing narrower than this part of the page is paper
-INKED_CELL = 0.75  # a cell this much darker than its brightest neighbour is filled with ink
+# A cell this much darker than its brightest neighbour is filled with ink: 15 % reaches the
+# faint wide strokes of a blurred pencil digit (0.75 took their insides for paper, leaving an
+# outline); 10 % would take the light falling off towards a vignetted corner for ink.
+INKED_CELL = 0.85
 PAPER_PERCENTILE = 0.85  # of each cell: paper even where ink covers a good part of it
 CONTRAST_FLOOR = 0.08  # ink must be this much darker than its paper (fraction of it)
 MIN_DIGIT_FRACTION = 0.01  # a digit spans at least this much of the page's longer side
@@ -209,12 +212,12 @@ def background(plane: np.ndarray) -> np.ndarray:
     """Paper brightness at every pixel of a single-channel page (ink dark).
 
     A high percentile per small cell follows shading and tinted paper closely. A cell that ink
-    fills (a thick marker stroke) reads much darker than its brightest neighbour - more than
-    light falls off between neighbouring cells - and takes that neighbour's value. Cells blur
-    a sharp step in brightness (a shadow's edge, the page's edge on a white margin), so the
-    estimate is capped by a grey-level closing (brightest nearby, then darkest nearby) over a
-    window wider than any stroke, which keeps such steps sharp. Both at half resolution: the
-    paper is smooth, and halving averages out noise.
+    fills (a thick marker stroke, a blurred pencil one) reads darker than its brightest
+    neighbour - more than light falls off between neighbouring cells - and takes its value.
+    Cells blur a sharp step in brightness (a shadow's edge, the page's edge on a white margin),
+    so the estimate is capped by a grey-level closing (brightest nearby, then darkest nearby)
+    over a window wider than any stroke, which keeps such steps sharp. Both at half resolution:
+    the paper is smooth, and halving averages out noise.
     """
     h, w = plane.shape
     half = shrunk(plane, 2) if min(h, w) >= 16 else plane
