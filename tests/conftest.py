@@ -1,27 +1,19 @@
-"""Fixtures shared by the whole suite: thread-leak checks, deadlines, sample scans, and real
-`digit-inbox run` daemons started as subprocesses on temporary folders."""
+"""Fixtures shared by the whole suite: thread-leak checks, real `digit-inbox run` daemons
+started as subprocesses on temporary folders, and a stand-in for systemd's notify socket.
+Helpers that tests import live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-DEFAULT_TIMEOUT = 60.0
-
+from tests.helpers import DaemonProcess, Folders, StandIn, daemon_env, write_config
 
 # --- Threads.
 
@@ -40,166 +32,7 @@ def no_thread_leaks() -> Iterator[None]:
     assert not leaked, f"threads left running: {leaked}"
 
 
-# --- Waiting on deadlines instead of sleeping.
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
-) -> Any:
-    """Poll `condition` until it returns something truthy, and return that; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
-
-
-# --- Sample scans.
-
-
-@functools.cache
-def mnist_test_digits() -> tuple[Any, Any]:
-    """MNIST test images and labels (the daemon's tests never train on them)."""
-    from digit_inbox.export import mnist
-
-    split = mnist.load_split(mnist.resolve_data_dir(None), "test")
-    return split.images, split.labels
-
-
-@functools.cache
-def digit_png(index: int, scale: int = 3) -> tuple[bytes, int]:
-    """A PNG of MNIST test digit `index` as a scan would show it (dark ink on white), and its
-    label. Cached: the same bytes for the same index, so tests that need distinct content
-    use distinct indices."""
-    from PIL import Image
-
-    images, labels = mnist_test_digits()
-    pixels = 255 - images[index]
-    image = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), int(labels[index])
-
-
-# --- Config files.
-
-
-def write_config(root: Path, **sections: dict[str, Any]) -> Path:
-    """A config under `root` with folders in root/var and quick settling; sections override."""
-    document: dict[str, Any] = {
-        "paths": {
-            role: f"./var/{role}"
-            for role in ("inbox", "outbox", "review", "failed", "reports", "state")
-        },
-        "watch": {"settle_seconds": 0.2, "rescan_seconds": 30},
-        "recognition": {"workers": 1, "batch_size": 32},
-        "metrics": {"interval_seconds": 1},
-    }
-    for name, values in sections.items():
-        document.setdefault(name, {}).update(values)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-@dataclass
-class Folders:
-    root: Path
-    inbox: Path
-    outbox: Path
-    review: Path
-    failed: Path
-    reports: Path
-    state: Path
-
-    @classmethod
-    def under(cls, root: Path) -> Folders:
-        var = root / "var"
-        return cls(
-            root, *(var / r for r in ("inbox", "outbox", "review", "failed", "reports", "state"))
-        )
-
-    def report_rows(self) -> list[dict[str, str]]:
-        """Every row of every daily report, in file order."""
-        rows: list[dict[str, str]] = []
-        for path in sorted(self.reports.glob("*.csv")):
-            with open(path, newline="", encoding="utf-8") as f:
-                rows.extend(csv.DictReader(f))
-        return rows
-
-    def filed(self) -> list[Path]:
-        """Every file in the outbox, review and failed folders (error notes excluded)."""
-        found = []
-        for folder in (self.outbox, self.review, self.failed):
-            for path in folder.rglob("*"):
-                if path.name.endswith(".error.txt") or (path.is_dir() and not path.is_symlink()):
-                    continue
-                found.append(path)
-        return sorted(found)
-
-
 # --- Real daemons.
-
-
-@dataclass
-class DaemonProcess:
-    """A `digit-inbox run` subprocess; stderr goes to a file the test can read."""
-
-    config: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes]
-    folders: Folders
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log}")
-            return "ready:" in self.log
-
-        wait_until(ready, timeout, "the daemon to be ready")
-
-    def wait_rows(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, str]]:
-        def enough() -> list[dict[str, str]] | None:
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log[-5000:]}")
-            rows = self.folders.report_rows()
-            return rows if len(rows) >= count else None
-
-        return wait_until(enough, timeout, f"{count} report rows")  # type: ignore[no-any-return]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEFAULT_TIMEOUT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"daemon did not stop within {timeout:g} s:\n{self.log[-5000:]}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-def daemon_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -233,13 +66,11 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         daemon.kill()
 
 
-def drop(folder: Path, name: str, data: bytes, *, rename: bool = True) -> Path:
-    """Put a file into `folder` the way careful producers do: write aside, then rename in."""
-    target = folder / name
-    if rename:
-        aside = folder.parent / f".{name}.incoming"
-        aside.write_bytes(data)
-        os.rename(aside, target)
-    else:
-        target.write_bytes(data)
-    return target
+# --- systemd's notify socket.
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Iterator[StandIn]:
+    receiver = StandIn(tmp_path / "notify")
+    yield receiver
+    receiver.sock.close()

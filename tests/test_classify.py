@@ -8,11 +8,11 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import digit_png
 from PIL import Image
 
 from digit_inbox.daemon import cli, rows
 from digit_inbox.daemon.errors import ExitCode
+from tests.helpers import digit_png
 
 SCANS = Path(__file__).parent / "data" / "scans"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import wait_until, write_config
 
 from bench.torture import Feeder, Ledger, account, read_reports
+from tests.helpers import wait_until, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, Folders, daemon_env, write_config
 
 from bench.torture import Ledger, account, digit_png
+from tests.helpers import DaemonProcess, Folders, daemon_env, write_config
 
 pytestmark = pytest.mark.slow
 

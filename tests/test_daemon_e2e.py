@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.helpers import (
     Folders,
     digit_png,
     drop,

@@ -27,11 +27,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import Folders, wait_until, write_config
 
 from bench.torture import Feeder, Ledger, account, digit_png, read_reports
 from digit_inbox.daemon import config, filing, journal, report, service, watcher
 from digit_inbox.daemon.rows import Row, Status
+from tests.helpers import Folders, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import digit_png, drop, wait_until, write_config
 
 from digit_inbox.daemon import __version__, cli, health
 from digit_inbox.daemon.health import Health
 from digit_inbox.daemon.rows import Row, Status, format_rows, header_line
+from tests.helpers import digit_png, drop, wait_until, write_config
 
 # --- A strict reader of the Prometheus text exposition format (0.0.4) -------------------------
 

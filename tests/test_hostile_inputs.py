@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_config
 
 from bench.torture import Ledger, account, digit_png, hostile_corpus, read_reports, report_cell
 from digit_inbox.daemon import decode, recognize
 from digit_inbox.daemon.filing import NAME_MAX
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 

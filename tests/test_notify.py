@@ -11,12 +11,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from subprocess import Popen
 
 import pytest
 
 from digit_inbox.daemon.errors import ExitCode
 from digit_inbox.daemon.notify import Notifier, watchdog_interval
+from tests.helpers import StandIn
 
 
 @pytest.fixture
@@ -129,43 +129,6 @@ def test_the_watchdog_interval_needs_a_notify_socket_to_ping(systemd_socket):
 # --- End to end: the real daemon talking to a stand-in for systemd ---------------------------
 
 WATCHDOG_USEC = 1_000_000  # systemd would kill a daemon silent for 1 s; it should ping every 0.5 s
-
-
-class StandIn:
-    """The notify socket's receiving end: every datagram, with the monotonic time it arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.path = path
-        self.messages: list[tuple[float, list[str]]] = []
-
-    def wait_for(self, line: str, timeout: float, sender: Popen[bytes] | None = None) -> list[str]:
-        """Receive until a datagram contains `line` and return it; give up early if `sender`
-        has exited and sent nothing more."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(min(left, 0.5))
-            try:
-                message = self.sock.recv(4096).decode().split("\n")
-            except TimeoutError:
-                if sender is not None and sender.poll() is not None:
-                    raise AssertionError(f"exited ({sender.returncode}) without {line}") from None
-                continue
-            self.messages.append((time.monotonic(), message))
-            if line in message:
-                return message
-        raise AssertionError(f"no {line} within {timeout} s; got {self.messages}")
-
-    def times_of(self, line: str, since: float = 0.0) -> list[float]:
-        return [t for t, message in self.messages if line in message and t >= since]
-
-
-@pytest.fixture
-def stand_in(tmp_path: Path) -> Iterator[StandIn]:
-    receiver = StandIn(tmp_path / "notify")
-    yield receiver
-    receiver.sock.close()
 
 
 def systemd_env(stand_in: StandIn) -> dict[str, str]:

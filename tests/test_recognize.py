@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mnist_test_digits, wait_until
 from PIL import Image
 
 from digit_inbox.daemon import recognize
 from digit_inbox.daemon.rows import Status
+from tests.helpers import mnist_test_digits, wait_until
 
 
 def rendered(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:

@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Folders, drop, wait_until, write_config
 
 from digit_inbox.daemon import config, report, service
 from digit_inbox.daemon.rows import Row, Status
+from tests.helpers import Folders, drop, wait_until, write_config
 
 
 class FakeReader:

@@ -10,15 +10,13 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Folders, daemon_env, digit_png, drop, wait_until, write_config
-from test_notify import StandIn
 
 from digit_inbox.daemon import config
+from tests.helpers import Folders, daemon_env, digit_png, drop, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -468,13 +466,6 @@ mount --bind "$data" "$data" && mount -o remount,bind,rw "$data" || exit 77
 mount -t tmpfs tmpfs /var/tmp || exit 77
 exec setpriv --bounding-set=-all --inh-caps=-all "$@"
 """
-
-
-@pytest.fixture
-def stand_in(tmp_path: Path) -> Iterator[StandIn]:
-    receiver = StandIn(tmp_path / "notify")
-    yield receiver
-    receiver.sock.close()
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from digit_inbox.daemon import config
@@ -24,6 +23,7 @@ from digit_inbox.daemon.watcher import (
     mount_of,
     scan,
 )
+from tests.helpers import wait_until
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
