@@ -96,7 +96,8 @@ def test_a_full_disk_is_waited_out_and_the_file_stays_claimed_meanwhile(
     [row] = rows_of(tmp_path, 1)
     assert row["status"] == "ok" and row["moved_to"] == "outbox/4/a.png"
     assert failures["left"] == 0
-    assert list(daemon.paths.processing.iterdir()) == []
+    # The row is appended just before the claim is released: wait for the release.
+    wait_until(lambda: not any(daemon.paths.processing.iterdir()), 10, "the claim's release")
     assert not daemon.paths.failed.exists() or not any(daemon.paths.failed.iterdir())
 
 
