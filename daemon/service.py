@@ -372,19 +372,15 @@ class Daemon:
     def file(self, work: list[Work]) -> None:
         """Decide each file's row and place, then record, place, report and release them."""
         self.decide(work)
-        attempt = 0
-        while True:
-            try:
-                if work[0].entry.state is State.CLAIMED:
-                    self.file_fresh(work)
-                else:
-                    self.finish(work)
-                break
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                self.back_off(exc, attempt)
-                attempt += 1
+
+        def attempt() -> None:
+            # Once the rows are journaled, a retry only finishes what the failed attempt left.
+            if work[0].entry.state is State.CLAIMED:
+                self.file_fresh(work)
+            else:
+                self.finish(work)
+
+        self.retry(attempt)
         self.after_filing(work)
 
     def decide(self, work: list[Work]) -> None:
@@ -639,6 +635,8 @@ class Daemon:
             self.record()
 
     def retry(self, step: Callable[[], None]) -> None:
+        """Run `step` until it succeeds: files stay claimed through a full disk or a lost
+        mount instead of being failed for it; anything waiting cannot fix is raised."""
         attempt = 0
         while True:
             try:
