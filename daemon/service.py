@@ -253,9 +253,6 @@ class Daemon:
                 if reading is not None:  # the batch in hand is finished, even when stopping
                     self.file_settled(reading.result())
 
-    def read_and_file(self, work: list[Work]) -> None:
-        self.file_settled(self.read(work))
-
     def file_settled(self, work: list[Work]) -> None:
         """File what was read; forget the claims of files that were put back to settle."""
         self.forgotten += [w.entry.claim_id for w in work if w.put_back]
@@ -585,7 +582,7 @@ class Daemon:
         for e in batch:
             with contextlib.suppress(FileNotFoundError):
                 work.append(Work(e, os.lstat(e.claim)))
-        self.read_and_file(work)
+        self.file_settled(self.read(work))
 
     def orphan_claims(self, known: set[str]) -> tuple[list[Entry], int]:
         """Claims of this journal it has no record of (adopted), and the count of others'."""
