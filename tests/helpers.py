@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 DEFAULT_TIMEOUT = 60.0
+# The folders of a config's `paths` section, in the order Folders lists them.
+ROLES = ("inbox", "outbox", "review", "failed", "reports", "state")
 
 
 # --- Waiting on deadlines instead of sleeping.
@@ -77,10 +79,7 @@ def digit_png(index: int, scale: int = 3) -> tuple[bytes, int]:
 def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     """A config under `root` with folders in root/var and quick settling; sections override."""
     document: dict[str, Any] = {
-        "paths": {
-            role: f"./var/{role}"
-            for role in ("inbox", "outbox", "review", "failed", "reports", "state")
-        },
+        "paths": {role: f"./var/{role}" for role in ROLES},
         "watch": {"settle_seconds": 0.2, "rescan_seconds": 30},
         "recognition": {"workers": 1, "batch_size": 32},
         "metrics": {"interval_seconds": 1},
@@ -104,10 +103,7 @@ class Folders:
 
     @classmethod
     def under(cls, root: Path) -> Folders:
-        var = root / "var"
-        return cls(
-            root, *(var / r for r in ("inbox", "outbox", "review", "failed", "reports", "state"))
-        )
+        return cls(root, *(root / "var" / role for role in ROLES))
 
     def report_rows(self) -> list[dict[str, str]]:
         """Every row of every daily report, in file order."""
