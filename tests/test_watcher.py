@@ -92,9 +92,11 @@ def test_a_created_file_waits_until_unchanged_for_settle_seconds(cfg):
     time.sleep(0.1)
     with open(path, "ab") as f:
         f.write(b" more")  # still being written: the clock starts again
+    rewritten = time.monotonic()
     assert taken(pending) == []
     ready_at = wait_until(lambda: taken(pending) and time.monotonic(), 5, "settling")
-    assert len(pending) == 0 and ready_at
+    assert ready_at - rewritten >= cfg.watch.settle_seconds
+    assert len(pending) == 0
 
 
 def test_a_file_closed_by_its_writer_settles_four_times_faster(cfg):
