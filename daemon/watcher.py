@@ -111,6 +111,7 @@ def make_observer(kind: str, watch: config.Watch) -> tuple[BaseObserver, str]:
     """A new observer of `kind`; polling instead, with the reason, if inotify is unavailable."""
     from watchdog.observers.polling import PollingObserver
 
+    reason = ""
     if kind == "inotify":
         try:
             from watchdog.observers.inotify import InotifyObserver
@@ -119,8 +120,7 @@ def make_observer(kind: str, watch: config.Watch) -> tuple[BaseObserver, str]:
             return InotifyObserver(generate_full_events=True), ""
         except Exception as exc:  # not Linux, or no inotify in this libc
             reason = f"polling: inotify is unavailable ({exc})"
-            return PollingObserver(timeout=watch.polling_interval_seconds), reason
-    return PollingObserver(timeout=watch.polling_interval_seconds), ""
+    return PollingObserver(timeout=watch.polling_interval_seconds), reason
 
 
 # --- Pending paths.
