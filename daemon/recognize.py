@@ -206,40 +206,49 @@ class Reader:
                 yield name, prepare_file(*self._job(path, name))
             return
         window = max(2 * self.batch_size, 8 * self.workers) // FILES_PER_TASK + 1
-        pending: deque[tuple[list[tuple[Path, str]], Future[list[Prepared]]]] = deque()
+        pending: deque[
+            tuple[list[tuple[Path, str]], Future[list[Prepared]], ProcessPoolExecutor]
+        ] = deque()
         chunks = chunked(items, FILES_PER_TASK)
         while True:
             while len(pending) < window:
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
-                pending.append((chunk, self._submit(chunk)))
+                pool = self._running_pool()
+                jobs = [self._job(p, n) for p, n in chunk]
+                pending.append((chunk, pool.submit(prepare_files, jobs), pool))
             if not pending:
                 return
-            chunk, future = pending.popleft()
-            yield from zip([name for _, name in chunk], self._result(chunk, future), strict=True)
+            chunk, future, pool = pending.popleft()
+            prepared = self._result(chunk, future, pool)
+            yield from zip([name for _, name in chunk], prepared, strict=True)
 
-    def _submit(self, chunk: list[tuple[Path, str]]) -> Future[list[Prepared]]:
+    def _running_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = new_pool(self.workers)
-        return self._pool.submit(prepare_files, [self._job(p, n) for p, n in chunk])
+        return self._pool
 
     def _result(
-        self, chunk: list[tuple[Path, str]], future: Future[list[Prepared]]
+        self,
+        chunk: list[tuple[Path, str]],
+        future: Future[list[Prepared]],
+        pool: ProcessPoolExecutor,
     ) -> list[Prepared]:
         try:
             return future.result()
         except BrokenProcessPool:
-            # A worker died (a decoder crashed, or the OOM killer): retry these files one by
-            # one in a fresh pool, so only the file that kills it again gets an error row.
+            # A worker died (a decoder crashed, or the OOM killer), failing every chunk queued
+            # on its pool: replace that pool once, then retry these files one by one, so only
+            # a file that kills a worker again gets an error row.
             log.warning("a worker process died; retrying its files one by one")
+            if pool is self._pool:
+                self._restart_pool()
             return [self._retry(path, name) for path, name in chunk]
 
     def _retry(self, path: Path, name: str) -> Prepared:
-        self._restart_pool()
         try:
-            assert self._pool is not None
-            return self._pool.submit(prepare_files, [self._job(path, name)]).result()[0]
+            return self._running_pool().submit(prepare_files, [self._job(path, name)]).result()[0]
         except BrokenProcessPool:
             self._restart_pool()
             return Prepared(None, Status.ERROR, error="the decoder crashed on this file")

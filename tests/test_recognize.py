@@ -206,3 +206,35 @@ def test_workers_exit_when_the_reading_process_is_killed(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     wait_until(lambda: all(gone(pid) for pid in workers), 15, "the workers to exit")
+
+
+def test_a_worker_crash_costs_one_error_row_and_few_pool_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import crashing_worker
+
+    monkeypatch.setattr(recognize, "prepare_files", crashing_worker.prepare_files)
+    pools: list[object] = []
+    real_new_pool = recognize.new_pool
+
+    def counting_new_pool(workers: int) -> recognize.ProcessPoolExecutor:
+        pools.append(workers)
+        return real_new_pool(workers)
+
+    monkeypatch.setattr(recognize, "new_pool", counting_new_pool)
+    digits, _ = mnist_test_digits()
+    items = []
+    for i in range(40):
+        name = "crash.png" if i == 5 else f"{i:02d}.png"
+        Image.fromarray(digits[i]).save(tmp_path / name)
+        items.append((tmp_path / name, name))
+
+    with recognize.Reader(workers=2, batch_size=8) as reader:
+        rows = reader.read(items)
+
+    assert [r.file for r in rows] == [name for _, name in items]
+    failed = [r for r in rows if r.status is Status.ERROR]
+    crashed = [("crash.png", "the decoder crashed on this file")]
+    assert [(r.file, r.error) for r in failed] == crashed
+    # The first pool, one replacement after the crash, one after the crashing file's retry.
+    assert len(pools) <= 3
