@@ -52,6 +52,11 @@ from PIL import Image
 
 from digit_inbox.daemon import report, rows
 
+try:
+    from bench.scans import STORE_TRANSPOSE
+except ImportError:  # run as a script: bench/ itself is on sys.path, the repo root is not
+    from scans import STORE_TRANSPOSE  # type: ignore[no-redef]
+
 ROLES = ("inbox", "outbox", "review", "failed", "reports", "state")
 
 
@@ -126,23 +131,10 @@ def jpeg_with_exif(image: Image.Image, exif: bytes) -> bytes:
     return data[:2] + segment + data[2:]
 
 
-# EXIF orientation N: the stored picture is the upright one with the inverse of N's transform.
-STORED_AS = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
 def oriented_jpeg(upright: Image.Image, orientation: int) -> bytes:
     """A JPEG storing `upright` turned so that a viewer honouring EXIF `orientation` shows it
     upright again."""
-    transform = STORED_AS[orientation]
+    transform = STORE_TRANSPOSE.get(orientation)  # orientation 1 is stored as is
     stored = upright if transform is None else upright.transpose(transform)
     exif = Image.Exif()
     exif[0x0112] = orientation
