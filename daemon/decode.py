@@ -244,8 +244,7 @@ def flatten(im: Image.Image) -> Image.Image:
     elif mode == "1":
         im = im.convert("L")
     elif mode.startswith("I;16"):  # 16-bit grey: the top byte is plenty for finding ink
-        wide = np.asarray(im).astype(np.uint16)
-        im = Image.fromarray((wide >> 8).astype(np.uint8))
+        im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))  # any byte order
     mode = im.mode
     if mode in ("LA", "La", "RGBA", "RGBa"):
         base = "L" if mode.startswith("L") else "RGB"

@@ -253,7 +253,8 @@ def ink_strength(plane: np.ndarray, paper: np.ndarray) -> np.ndarray:
 def threshold(ink: np.ndarray) -> float:
     """Otsu's threshold over the pixels that might be ink, never below the contrast floor."""
     bins = 64
-    hist = np.bincount(np.minimum((ink.ravel() * bins).astype(np.int64), bins - 1), minlength=bins)
+    levels = (ink.ravel() * np.float32(bins)).astype(np.int32)
+    hist = np.bincount(np.minimum(levels, bins - 1, out=levels), minlength=bins)
     hist[: bins // 16] = 0  # paper and its noise would swamp a small digit
     total = hist.sum()
     if total == 0:
@@ -464,7 +465,7 @@ def remove_lines(
     labels, n = label(rest)
     digit = None
     if n:
-        ys, xs = np.nonzero(np.isin(labels, select_digit(labels, n)))
+        ys, xs = np.nonzero(chosen(labels, n, select_digit(labels, n)))
         digit = ((ys.min(), ys.max()), (xs.min(), xs.max()))
     out = mask.copy()
     for line, axis in lines:
@@ -544,9 +545,11 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
             if np.array_equal(grand, parent):
                 break
             parent = grand
-    _, ids = np.unique(parent, return_inverse=True)
-    labels.ravel()[pixels] = ids.ravel() + 1
-    return labels[:h, 1:-1], int(ids.max()) + 1
+    # Roots numbered in order, as np.unique would, without its sort.
+    root = parent == np.arange(len(parent))
+    number = np.cumsum(root, dtype=np.int32)
+    labels.ravel()[pixels] = number[parent]
+    return labels[:h, 1:-1], int(number[-1])
 
 
 @dataclass
@@ -561,16 +564,13 @@ class Components:
 def components(labels: np.ndarray, n: int) -> Components:
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs] - 1
-    order = np.argsort(ids, kind="stable")
-    ids, ys, xs = ids[order], ys[order], xs[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    return Components(
-        np.diff(np.r_[starts, len(ids)]),
-        np.minimum.reduceat(ys, starts),
-        np.minimum.reduceat(xs, starts),
-        np.maximum.reduceat(ys, starts) + 1,
-        np.maximum.reduceat(xs, starts) + 1,
-    )
+    y0, x0 = np.full(n, labels.shape[0], np.intp), np.full(n, labels.shape[1], np.intp)
+    y1, x1 = np.zeros(n, np.intp), np.zeros(n, np.intp)
+    np.minimum.at(y0, ids, ys)  # unbuffered per-label reductions: no sort of all the pixels
+    np.minimum.at(x0, ids, xs)
+    np.maximum.at(y1, ids, ys)
+    np.maximum.at(x1, ids, xs)
+    return Components(np.bincount(ids, minlength=n), y0, x0, y1 + 1, x1 + 1)
 
 
 def select_digit(labels: np.ndarray, n: int) -> np.ndarray:
@@ -641,12 +641,19 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
     if n == 0:
         return "only lines, no digit"
     ids = select_digit(labels, n)
-    digit = np.isin(labels, ids)
+    digit = chosen(labels, n, ids)
     ys, xs = np.nonzero(digit & strong)  # the box of the clear ink: faint rims would widen it
     box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
     return Digit(digit, box, t)
+
+
+def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:
+    """The mask of the components `ids` (a lookup table: np.isin sorts)."""
+    table = np.zeros(n + 1, bool)
+    table[ids] = True
+    return table[labels]
 
 
 def keep_labels(labels: np.ndarray, n: int, keep: np.ndarray) -> tuple[np.ndarray, int]:
