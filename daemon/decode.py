@@ -259,7 +259,8 @@ def flatten(im: Image.Image) -> Image.Image:
                 # shaded page would look like a dark frame around it.
                 im, alpha = im.crop(opaque), inside
         page = Image.new(base, im.size, "white")
-        page.paste(im.convert(base), mask=alpha)
+        # Pillow blends RGBA straight into RGB (the colour bytes, as a converted copy would).
+        page.paste(im if mode == "RGBA" else im.convert(base), mask=alpha)
         return page
     if mode in ("L", "RGB", "I", "F"):
         return im
