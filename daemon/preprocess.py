@@ -362,17 +362,12 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
     if not may_hold_line(thin, min_length, max_thickness):
         return []
     rows, cols = np.nonzero(thin)
-
-    def spread_peak(slope: float) -> float:  # tolerant of a slope a little off
-        p = np.bincount(shear_rows(rows, cols, slope, w))
-        return float(np.max(p[:-1] + p[1:]))
-
-    def peak(slope: float) -> float:
-        return float(np.bincount(shear_rows(rows, cols, slope, w)).max())
-
     step = 0.025
-    best = float(max(np.linspace(-0.1, 0.1, 9), key=spread_peak))
-    slope = float(max(np.linspace(best - step, best + step, 7), key=peak))
+    coarse = np.linspace(-0.1, 0.1, 9)
+    p = sheared_profiles(rows, cols, coarse, w)
+    best = float(coarse[np.argmax((p[:, :-1] + p[:, 1:]).max(axis=1))])  # a slope a little off
+    fine = np.linspace(best - step, best + step, 7)
+    slope = float(fine[np.argmax(sheared_profiles(rows, cols, fine, w).max(axis=1))])
 
     profile = np.bincount(shear_rows(rows, cols, slope, w))
     # Bands are found among the thin pixels; their extent and pixels come from all the ink, so
@@ -394,6 +389,19 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
             continue  # a thick bar: the body of a digit or a dark region, not a printed line
         found.extend(segments(mask, rows, cols, sheared, a, b, slope, min_length))
     return found
+
+
+def sheared_profiles(
+    rows: np.ndarray, cols: np.ndarray, slopes: np.ndarray, width: int
+) -> np.ndarray:
+    """The projection profile of the pixels at rows, cols sheared by each slope, in one
+    bincount: (len(slopes), length), row s = np.bincount(shear_rows(..., slopes[s], ...))
+    padded with zeros."""
+    offsets = np.ceil(np.abs(slopes) * width).astype(np.int64) + 3
+    sheared = rows + np.rint(cols * slopes[:, None]).astype(np.int64) + offsets[:, None]
+    length = int(sheared.max(initial=0)) + 1
+    sheared += np.arange(len(slopes))[:, None] * length
+    return np.bincount(sheared.ravel(), minlength=len(slopes) * length).reshape(len(slopes), -1)
 
 
 def may_hold_line(thin: np.ndarray, min_length: float, max_thickness: int) -> bool:
