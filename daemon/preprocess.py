@@ -648,7 +648,7 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
     cleaned = remove_lines(mask, horizontal, vertical)
     strong = cleaned & (smooth >= t)
     labels, n = label(cleaned)
-    labels, n = keep_labels(labels, n, np.unique(labels[strong]))
+    labels, n = keep_labels(labels, n, np.flatnonzero(np.bincount(labels[strong], minlength=1)))
     if n == 0:
         return "only lines, no digit"
     ids = select_digit(labels, n)
