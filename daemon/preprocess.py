@@ -361,7 +361,7 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
     thin = thin_rows(mask, max_thickness + 1)
     if not may_hold_line(thin, min_length, max_thickness):
         return []
-    rows, cols = np.nonzero(thin)
+    rows, cols = where(thin)
     step = 0.025
     coarse = np.linspace(-0.1, 0.1, 9)
     p = sheared_profiles(rows, cols, coarse, w)
@@ -372,7 +372,7 @@ def line_candidates(mask: np.ndarray) -> list[Line]:
     profile = np.bincount(shear_rows(rows, cols, slope, w))
     # Bands are found among the thin pixels; their extent and pixels come from all the ink, so
     # a stroke crossing a line doesn't cut it in two.
-    rows, cols = np.nonzero(mask)
+    rows, cols = where(mask)
     sheared = shear_rows(rows, cols, slope, w)
     found: list[Line] = []
     strong = profile >= min_length
@@ -473,7 +473,7 @@ def remove_lines(
     labels, n = label(rest)
     digit = None
     if n:
-        ys, xs = np.nonzero(chosen(labels, n, select_digit(labels, n)))
+        ys, xs = where(chosen(labels, n, select_digit(labels, n)))
         digit = ((ys.min(), ys.max()), (xs.min(), xs.max()))
     out = mask.copy()
     for line, axis in lines:
@@ -563,6 +563,11 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels[:h, 1:-1], int(number[-1])
 
 
+def where(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a 2-D array, in the same order, about twice as fast."""
+    return np.divmod(np.flatnonzero(a), a.shape[1])
+
+
 @dataclass
 class Components:
     area: np.ndarray  # per component (index = label - 1)
@@ -573,7 +578,7 @@ class Components:
 
 
 def components(labels: np.ndarray, n: int) -> Components:
-    ys, xs = np.nonzero(labels)
+    ys, xs = where(labels)
     ids = labels[ys, xs] - 1
     y0, x0 = np.full(n, labels.shape[0], np.intp), np.full(n, labels.shape[1], np.intp)
     y1, x1 = np.zeros(n, np.intp), np.zeros(n, np.intp)
@@ -653,7 +658,7 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
         return "only lines, no digit"
     ids = select_digit(labels, n)
     digit = chosen(labels, n, ids)
-    ys, xs = np.nonzero(digit & strong)  # the box of the clear ink: faint rims would widen it
+    ys, xs = where(digit & strong)  # the box of the clear ink: faint rims would widen it
     box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
