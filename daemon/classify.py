@@ -20,15 +20,11 @@ from typing import IO
 
 from digit_inbox.daemon import rows
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
-from digit_inbox.daemon.errors import DigitInboxError, ExitCode
+from digit_inbox.daemon.errors import ExitCode, UsageError
 from digit_inbox.daemon.recognize import Reader
 from digit_inbox.daemon.rows import Status
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(DigitInboxError):
-    exit_code = ExitCode.USAGE
 
 
 def main(

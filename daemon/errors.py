@@ -27,6 +27,10 @@ class DigitInboxError(Exception):
     exit_code = ExitCode.SOFTWARE
 
 
+class UsageError(DigitInboxError):
+    exit_code = ExitCode.USAGE
+
+
 class ConfigError(DigitInboxError):
     exit_code = ExitCode.CONFIG
 
