@@ -51,13 +51,12 @@ import yaml
 from PIL import Image
 
 from digit_inbox.daemon import report, rows
+from digit_inbox.daemon.config import ROLES
 
 try:
     from bench.scans import STORE_TRANSPOSE
 except ImportError:  # run as a script: bench/ itself is on sys.path, the repo root is not
     from scans import STORE_TRANSPOSE  # type: ignore[no-redef]
-
-ROLES = ("inbox", "outbox", "review", "failed", "reports", "state")
 
 
 # --- Scans.

@@ -76,6 +76,10 @@ class Paths:
         return Path(os.path.commonpath([self.outbox, self.review, self.failed]))
 
 
+# The folder roles, in the order config.yaml lists them.
+ROLES = tuple(f.name for f in fields(Paths))
+
+
 @dataclass(frozen=True)
 class Watch:
     observer: str
@@ -279,14 +283,7 @@ def layout(value: Any) -> str:
 def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]:
     path = path_in(base)
     return {
-        "paths": {
-            "inbox": (path, "./var/inbox"),
-            "outbox": (path, "./var/outbox"),
-            "review": (path, "./var/review"),
-            "failed": (path, "./var/failed"),
-            "reports": (path, "./var/reports"),
-            "state": (path, "./var/state"),
-        },
+        "paths": {role: (path, f"./var/{role}") for role in ROLES},
         "watch": {
             "observer": (choice(*OBSERVERS), "auto"),
             "polling_interval_seconds": (real(0.1, 3600), 2.0),
@@ -553,7 +550,7 @@ def load(path: Path, *, check_folders: bool = True) -> Config:
 
 def make_folders(cfg: Config) -> None:
     """Create the configured folders (and the processing folder) if they are missing."""
-    for folder in (*(getattr(cfg.paths, f.name) for f in fields(Paths)), cfg.paths.processing):
+    for folder in (*(getattr(cfg.paths, role) for role in ROLES), cfg.paths.processing):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

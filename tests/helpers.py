@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from digit_inbox.daemon.config import ROLES
+
 DEFAULT_TIMEOUT = 60.0
 # The folders of a config's `paths` section, in the order Folders lists them.
-ROLES = ("inbox", "outbox", "review", "failed", "reports", "state")
 
 
 # --- Waiting on deadlines instead of sleeping.

@@ -17,27 +17,23 @@ import signal
 import stat
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from bench.torture import Ledger, account, digit_png
+from digit_inbox.daemon.classifier import embedded_model
+from digit_inbox.daemon.config import ROLES
 from tests.helpers import DaemonProcess, Folders, daemon_env, write_config
 
 pytestmark = pytest.mark.slow
 
-ROLES = ("inbox", "outbox", "review", "failed", "reports", "state")
 # Calls that create, change or remove a name or its metadata.
 CHANGING = {"creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "link", "linkat"}
 CHANGING |= {"symlink", "symlinkat", "unlink", "unlinkat", "rmdir", "truncate", "chmod"}
 CHANGING |= {"fchmodat", "chown", "lchown", "fchownat", "utimensat", "mknod", "mknodat", "bind"}
 OPENS = {"open", "openat", "openat2"}
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
-
-
-def embedded_model() -> Path:
-    return Path(str(resources.files("digit_inbox.daemon") / "models" / "digits.onnx"))
 
 
 def sha256_file(path: Path) -> str:
