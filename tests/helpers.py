@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from bench import torture
 from digit_inbox.daemon.config import ROLES
 
 DEFAULT_TIMEOUT = 60.0
@@ -77,19 +77,18 @@ def digit_png(index: int, scale: int = 3) -> tuple[bytes, int]:
 # --- Config files.
 
 
+# Quick settling and one decoding worker: tests drop few files and want their rows soon.
+QUICK = {
+    "watch": {"settle_seconds": 0.2, "rescan_seconds": 30},
+    "recognition": {"workers": 1, "batch_size": 32},
+    "metrics": {"interval_seconds": 1},
+}
+
+
 def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     """A config under `root` with folders in root/var and quick settling; sections override."""
-    document: dict[str, Any] = {
-        "paths": {role: f"./var/{role}" for role in ROLES},
-        "watch": {"settle_seconds": 0.2, "rescan_seconds": 30},
-        "recognition": {"workers": 1, "batch_size": 32},
-        "metrics": {"interval_seconds": 1},
-    }
-    for name, values in sections.items():
-        document.setdefault(name, {}).update(values)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    merged = {name: QUICK.get(name, {}) | sections.get(name, {}) for name in QUICK | sections}
+    return torture.write_config(root, **merged)
 
 
 @dataclass
