@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from digit_inbox.daemon.decode import EXTENSIONS
 from digit_inbox.daemon.errors import ConfigError
 from digit_inbox.daemon.filing import NAME_MAX
 
@@ -35,8 +36,7 @@ DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LAYOUT_FIELDS = ("digit", "date", "year", "month", "day")
 # What decode.py reads (a test keeps the two in step); other files stay in the inbox.
-DEFAULT_EXTENSIONS = [".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".dib"]
-DEFAULT_EXTENSIONS += [".gif", ".webp"]
+DEFAULT_EXTENSIONS = list(EXTENSIONS)  # every format the decoder reads
 # Names that writers use while a file is incomplete, and files operating systems leave behind.
 DEFAULT_IGNORE = [
     "*.tmp",
