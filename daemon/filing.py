@@ -20,7 +20,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +110,14 @@ def candidates(name: str, limit: int = NAME_MAX) -> Iterator[str]:
         n += 1
 
 
-def free_name(folder: Path, name: str) -> Path:
-    """The first candidate name not taken in `folder` right now (a hint: `place` decides)."""
-    for candidate in candidates(name):
+def free_name(folder: Path, name: str, limit: int = NAME_MAX, taken: Collection[Path] = ()) -> Path:
+    """The first candidate name not taken in `folder` right now, nor in `taken` (names already
+    given out in this batch); a hint: `place` decides."""
+    for candidate in candidates(name, limit):
         path = folder / candidate
-        if not os.path.lexists(path) and not os.path.lexists(f"{path}.error.txt"):
+        if path in taken:
+            continue
+        if not os.path.lexists(path) and not os.path.lexists(f"{path}{NOTE_SUFFIX}"):
             return path
     raise AssertionError("unreachable")
 

@@ -425,13 +425,7 @@ class Daemon:
     def free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
         # In failed/ the name leaves room for its note: a 255-byte name has none left.
         limit = filing.NOTED_NAME_MAX if folder == self.paths.failed else filing.NAME_MAX
-        for candidate in filing.candidates(name, limit):
-            path = folder / candidate
-            if path in taken:
-                continue
-            if not os.path.lexists(path) and not os.path.lexists(f"{path}.error.txt"):
-                return path
-        raise AssertionError("unreachable")
+        return filing.free_name(folder, name, limit, taken)
 
     def relative(self, dest: Path) -> str:
         root = self.paths.data_root
