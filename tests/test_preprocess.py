@@ -171,6 +171,35 @@ def test_a_scanners_dark_frame_is_cleared():
     assert similarity(read(scan(clutter=frame)), read(scan())) > 0.9
 
 
+def tight(pixels: np.ndarray) -> np.ndarray:
+    """The page cut to the box around its ink, as digit datasets and form software store them."""
+    rows, cols = np.nonzero(pixels.min(axis=-1) < 128)
+    return pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+@pytest.mark.parametrize("width", [4, 12], ids=["pen", "marker"])
+def test_a_digit_cropped_tight_is_read_whole(width):
+    """Its strokes touch every edge: the 7's bar along the top is no scanner frame."""
+    page = scan(size=50, width=width)
+    assert similarity(read(tight(page)), read(page)) > 0.9
+
+
+@pytest.mark.parametrize("side", [12, 16, 28])
+def test_a_small_crop_reads_like_the_digit_on_a_page(side):
+    page = scan(size=120, width=12)
+    crop = tight(page)
+    small = Image.fromarray(crop).resize((round(side * crop.shape[1] / crop.shape[0]), side))
+    assert similarity(read(np.asarray(small)), read(page)) > 0.85
+
+
+def test_a_page_mostly_covered_in_ink_still_has_its_digit():
+    """Half the pixels ink: neither the paper's level nor its noise may be taken from them."""
+    page = scan(shape=zero, page=(110, 80), at=(8, 5), size=100, width=22)
+    prepared = preprocess.prepare(page)
+    assert prepared.image is not None, prepared.blank_reason
+    assert (page.min(axis=-1) < 128).mean() > 0.4
+
+
 @pytest.mark.parametrize(
     "clutter",
     [None, specks, box, ruled],
