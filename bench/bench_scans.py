@@ -278,6 +278,32 @@ def bench_accuracy(args: argparse.Namespace, results: dict) -> dict[str, tuple[P
     return sets
 
 
+def bench_crops(args: argparse.Namespace, results: dict) -> None:
+    """Digits as collections store them (scans.CROP_STYLES), read by `classify` like scans."""
+    generator = hashlib.sha256(Path(scans.__file__).read_bytes()).hexdigest()[:8]
+    for style in scans.CROP_STYLES:
+        slug = "".join(c if c.isalnum() else "-" for c in style)
+        folder = args.work_dir / f"crops-{slug}-seed{args.seed}-n{args.count}-{generator}"
+        if (folder / "labels.csv").exists():
+            labels = scans.read_labels(folder / "labels.csv")
+        else:
+            labels = scans.write_crops(folder, args.count, args.seed, style)
+        entry: dict = {
+            "n": len(labels),
+            "mnist": score(labels, mnist_reference(labels, args.model)).accuracy,
+        }
+        try:
+            text, _ = run_classify(folder, args)
+            entry.update(
+                pipeline=score(labels, predictions_from_csv(text)).accuracy,
+                statuses=statuses_from_csv(text),
+            )
+        except RuntimeError as exc:
+            entry["error"] = str(exc)
+            log(f"crops/{style}: classify failed: {exc}")
+        results["crops"][style] = entry
+
+
 def bench_throughput(args: argparse.Namespace, results: dict) -> None:
     folder, labels = cached_set(
         args.work_dir, args.throughput_count, args.seed + 1, "varied", ["png"], args.gen_workers
@@ -407,6 +433,22 @@ def accuracy_section(accuracy: Mapping[str, dict]) -> list[str]:
     return out
 
 
+def crops_section(crops: Mapping[str, dict]) -> list[str]:
+    rows = [
+        [
+            style,
+            e["n"],
+            pct(e.get("pipeline", NAN)),
+            pct(e["mnist"]),
+            f"{100 * (e['mnist'] - e['pipeline']):+.2f}" if "pipeline" in e else e.get("error", ""),
+            ", ".join(f"{k} {v}" for k, v in sorted(e.get("statuses", {}).items())),
+        ]
+        for style, e in crops.items()
+    ]
+    header = ["stored as", "n", "pipeline", "MNIST, same digits", "gap (points)", "statuses"]
+    return ["## Digits as datasets store them (PNG crops, no page)", "", table(header, rows)]
+
+
 def throughput_section(tp: Mapping[str, Any]) -> list[str]:
     rows = [
         [
@@ -463,6 +505,8 @@ def markdown(results: Mapping[str, dict]) -> str:
     ]
     if results.get("accuracy"):
         out += ["", *accuracy_section(results["accuracy"])]
+    if results.get("crops"):
+        out += ["", *crops_section(results["crops"])]
     if results.get("throughput"):
         out += ["", *throughput_section(results["throughput"])]
     if results.get("peers"):
@@ -498,8 +542,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="passed to classify --workers")
     parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1,
                         help="processes for generating sets and running tesseract")  # fmt: skip
-    parser.add_argument("--only", default="accuracy,throughput,peers",
-                        help="comma-separated subset of accuracy,throughput,peers")  # fmt: skip
+    parser.add_argument("--only", default="accuracy,crops,throughput,peers",
+                        help="comma-separated subset of accuracy,crops,throughput,peers")  # fmt: skip  # noqa: E501
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -529,12 +573,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "commit": git_commit(),
         },
         "accuracy": {},
+        "crops": {},
         "peers": {},
     }
     steps: list[tuple[str, Callable[[], object]]] = []
     sets: dict = {}
     if "accuracy" in only or "peers" in only:
         steps.append(("accuracy", lambda: sets.update(bench_accuracy(args, results))))
+    if "crops" in only:
+        steps.append(("crops", lambda: bench_crops(args, results)))
     if "throughput" in only:
         steps.append(("throughput", lambda: bench_throughput(args, results)))
     if "peers" in only:

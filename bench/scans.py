@@ -626,6 +626,57 @@ def write_set(
     return labels
 
 
+# ---------------------------------------------------------------------------------------------
+# Digits as datasets store them
+
+
+def tight(digit: np.ndarray) -> np.ndarray:
+    """An MNIST digit (ink = 255) cut to the box around its ink, as form software and many
+    digit collections store them: the strokes touch every edge."""
+    rows, cols = np.nonzero(digit > 30)
+    return digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def fitted(digit: np.ndarray, side: int) -> np.ndarray:
+    """Cut tight and scaled to fill side x side (aspect kept, centred), as USPS (16) and
+    Semeion did; at 8, in 16 grey levels, as scikit-learn's digits."""
+    crop = Image.fromarray(tight(digit))
+    scale = side / max(crop.size)
+    crop = crop.resize(
+        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+        Image.Resampling.BOX,
+    )
+    canvas = Image.new("L", (side, side))
+    canvas.paste(crop, ((side - crop.width) // 2, (side - crop.height) // 2))
+    small = np.asarray(canvas)
+    return small if side > 8 else small // 16 * 17
+
+
+# name -> (uint8 MNIST digit, ink = 255) -> uint8 greyscale image as the collection stores it
+CROP_STYLES = {
+    "mnist 28x28, white on black": lambda d: d,
+    "cut tight, dark on white": lambda d: 255 - tight(d),
+    "16x16, white on black": lambda d: fitted(d, 16),
+    "16x16, dark on white": lambda d: 255 - fitted(d, 16),
+    "8x8, 16 grey levels, dark on white": lambda d: 255 - fitted(d, 8),
+}
+
+
+def write_crops(
+    out_dir: Path, count: int, seed: int, style: str, data_dir: Path | None = None
+) -> list[Label]:
+    """`count` MNIST test digits in one of CROP_STYLES as PNGs, and labels.csv (written last)."""
+    test = mnist.load_split(data_dir or mnist.resolve_data_dir(None), "test")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = []
+    for i, k in enumerate(pick_digits(seed, count, len(test.labels))):
+        name = f"{i:05d}.png"
+        Image.fromarray(CROP_STYLES[style](test.images[k])).save(out_dir / name)
+        labels.append(Label(name, int(test.labels[k]), int(k), (f"crop:{style}",)))
+    write_labels(out_dir / "labels.csv", labels)
+    return labels
+
+
 def write_labels(path: Path, labels: Sequence[Label]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")

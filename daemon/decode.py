@@ -175,10 +175,10 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
             f"image is {width}×{height} = {megapixels(pixels)} MP, over the "
             f"{megapixels(max_pixels)} MP limit (scan.max_pixels / --max-pixels)"
         )
-    if min(width, height) < MIN_SIDE:
+    if max(width, height) < MIN_SIDE:  # a 1 cut tight may be 2 px wide: only one side counts
         raise DecodeError(
             f"image is {width}×{height} px, too small to hold a digit "
-            f"(at least {MIN_SIDE}×{MIN_SIDE} needed)"
+            f"(at least {MIN_SIDE} px tall or wide needed)"
         )
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise DecodeError(

@@ -778,11 +778,11 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
     Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
     """
     img = as_page(pixels)
+    if max(img.size) < CROP_PIXELS:
+        img = with_margin(img)
     w, h = img.size
     if min(h, w) < 3:
         return Prepared(None, "image too small to hold a digit")
-    if max(h, w) < CROP_PIXELS:
-        img = with_margin(img)
     look = overview(img, OVERVIEW_PIXELS)
     if not isinstance(look.found, Digit) and look.scale < 0.5:
         look = overview(img, 4 * OVERVIEW_PIXELS)  # a tiny digit may have faded into the paper

@@ -218,8 +218,16 @@ def test_a_truncated_file_is_named_truncated(tmp_path, fmt, suffix):
 def test_tiny_and_elongated_images_are_refused(tmp_path):
     one = encoded(Image.new("L", (1, 1)), "PNG")
     assert "1×1 px, too small" in reason(tmp_path, "dot.png", one)
+    speck = encoded(Image.new("L", (7, 7)), "PNG")
+    assert "7×7 px, too small" in reason(tmp_path, "speck.png", speck)
     strip = encoded(Image.new("L", (2000, 10), 255), "PNG")
     assert "too elongated" in reason(tmp_path, "strip.png", strip)
+
+
+def test_a_narrow_crop_such_as_a_one_cut_tight_is_accepted(tmp_path):
+    path = tmp_path / "one.png"
+    path.write_bytes(encoded(Image.new("L", (2, 20)), "PNG"))
+    assert decode.decode(path).image.size == (2, 20)
 
 
 def test_missing_files_folders_and_pipes_are_refused_without_blocking(tmp_path):

@@ -192,6 +192,13 @@ def test_a_small_crop_reads_like_the_digit_on_a_page(side):
     assert similarity(read(np.asarray(small)), read(page)) > 0.85
 
 
+def test_a_one_cut_tight_to_its_stroke_is_read_as_a_tall_stroke():
+    image = Image.new("L", (5, 24), 245)
+    ImageDraw.Draw(image).line([(3.5, 0), (1, 23)], fill=20, width=2)
+    rows, cols = np.nonzero(read(np.asarray(image)) > 0.5)
+    assert rows.max() - rows.min() + 1 >= DIGIT_BOX - 1 and cols.max() - cols.min() <= 4
+
+
 def test_a_page_mostly_covered_in_ink_still_has_its_digit():
     """Half the pixels ink: neither the paper's level nor its noise may be taken from them."""
     page = scan(shape=zero, page=(110, 80), at=(8, 5), size=100, width=22)
