@@ -304,6 +304,47 @@ def bench_crops(args: argparse.Namespace, results: dict) -> None:
         results["crops"][style] = entry
 
 
+def cpu_per_file(paths: Sequence[Path], model: Path | None) -> dict[str, float]:
+    """CPU milliseconds per file of each stage, in this process: where the time goes, and what
+    two cores could do at best (every stage but Pillow's own decoding is overhead on it)."""
+    from digit_inbox.daemon import decode, preprocess
+    from digit_inbox.daemon.classifier import Classifier
+
+    def per_file(work: Callable[[Path], object]) -> float:
+        start = time.process_time()
+        for path in paths:
+            work(path)
+        return 1000 * (time.process_time() - start) / len(paths)
+
+    def pillow(path: Path) -> None:
+        with Image.open(path) as image:
+            image.load()
+
+    pages = [decode.decode(path).image for path in paths]
+    pages_iter = iter(pages * 2)
+    box = Image.Resampling.BOX  # the cheapest look at the whole page
+    bare_resize = per_file(lambda _: next(pages_iter).convert("L").resize((28, 28), box, None, 2.0))
+    prepare = per_file(lambda _: preprocess.prepare(next(pages_iter)))
+    batch = np.zeros((256, 28, 28), np.float32)
+    classifier = Classifier(model)
+    start = time.process_time()
+    for _ in range(8):
+        classifier.predict(batch)
+    infer = 1000 * (time.process_time() - start) / (8 * len(batch))
+    out = {
+        "files": len(paths),
+        "pillow_open_load": per_file(pillow),
+        "decode": per_file(decode.decode),
+        "preprocess": prepare,
+        "bare_resize": bare_resize,
+        "inference": infer,
+    }
+    pipeline = out["decode"] + out["preprocess"] + infer
+    out["two_core_ceiling"] = 2 * out["pillow_open_load"] / pipeline
+    out["two_core_ceiling_bare"] = 2 * out["pillow_open_load"] / (pipeline - prepare + bare_resize)
+    return out
+
+
 def bench_throughput(args: argparse.Namespace, results: dict) -> None:
     folder, labels = cached_set(
         args.work_dir, args.throughput_count, args.seed + 1, "varied", ["png"], args.gen_workers
@@ -324,6 +365,7 @@ def bench_throughput(args: argparse.Namespace, results: dict) -> None:
         "decode_s": decode_s,
         "decode_images_per_s": len(paths) / decode_s,
     }
+    entry["cpu_ms"] = cpu_per_file(paths[: args.cpu_count], args.model)
     try:
         text, seconds = run_classify(folder, args)
         entry.update(
@@ -477,6 +519,17 @@ def throughput_section(tp: Mapping[str, Any]) -> list[str]:
     out += ["", f"Mean page {tp['mean_megapixels']:.2f} MP; (b) includes process start-up."]
     if "ratio" in tp:
         out.append(f"Ratio (b)/(a) = **{tp['ratio']:.2f}** (target >= 1.0).")
+    if "cpu_ms" in tp:
+        c = tp["cpu_ms"]
+        out += ["", f"CPU per file, one process, first {c['files']} files:", ""]
+        stages = ["pillow_open_load", "decode", "preprocess", "inference", "bare_resize"]
+        out.append(table(["stage", "ms/file"], [[k, f"{c[k]:.2f}"] for k in stages]))
+        out += [
+            "",
+            f"Best two cores can do, (a) / (decode + preprocess + inference) x 2: "
+            f"{c['two_core_ceiling']:.2f}; with preprocessing replaced by a bare 28x28 resize: "
+            f"{c['two_core_ceiling_bare']:.2f}.",
+        ]
     if "error" in tp:
         out.append(f"classify failed: {tp['error']}")
     return out
@@ -534,6 +587,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="scans per preset for accuracy")
     parser.add_argument("--throughput-count", type=int, default=10_000)
+    parser.add_argument("--cpu-count", type=int, default=1000,
+                        help="files timed stage by stage for the CPU breakdown")  # fmt: skip
     parser.add_argument("--peer-count", type=int, default=500, help="tesseract files per preset")
     parser.add_argument("--tesseract-psm", type=int, default=10,
                         help="page segmentation mode (10: single character)")  # fmt: skip
