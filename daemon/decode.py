@@ -26,7 +26,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from digit_inbox.daemon.errors import DigitInboxError, ExitCode
 
@@ -235,7 +235,8 @@ def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Imag
 
 
 def flatten(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> L or RGB (alpha onto white), or I / F for high-bit-depth images."""
+    """Any Pillow mode -> L or RGB (alpha onto white; a cut-out's opacity as its ink), or I / F
+    for high-bit-depth images."""
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -258,6 +259,12 @@ def flatten(im: Image.Image) -> Image.Image:
                 # itself is transparent): the margin is not paper, and a white one next to a
                 # shaded page would look like a dark frame around it.
                 im, alpha = im.crop(opaque), inside
+        if sum(alpha.histogram()[:128]) > 0.5 * alpha.width * alpha.height:
+            # A cut-out: the paper itself transparent, only the drawing opaque. Many tools make
+            # one by turning the paper's brightness into transparency and keep the colours, so
+            # composited onto white a stroke of darkness d shows only d^2 (a 30 % pencil line
+            # fades to 9 %). Its opacity is its ink, whatever colour the ink was.
+            return ImageChops.invert(alpha)
         page = Image.new(base, im.size, "white")
         # Pillow blends RGBA straight into RGB (the colour bytes, as a converted copy would).
         page.paste(im if mode == "RGBA" else im.convert(base), mask=alpha)

@@ -39,7 +39,7 @@ MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise fr
 CROP_PIXELS = 64  # an image smaller than this each way is a crop of one digit, not a page
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
 CLOSING = 0.25  # ... and no dark thing narrower than this part of the page is paper
-# A cell this much darker than its brightest neighbour is filled with ink: 15 % reaches the
+# A cell this much darker than the paper around it is filled with ink: 15 % reaches the
 # faint wide strokes of a blurred pencil digit (0.75 took their insides for paper, leaving an
 # outline); 10 % would take the light falling off towards a vignetted corner for ink.
 INKED_CELL = 0.85
@@ -49,6 +49,10 @@ MIN_DIGIT_FRACTION = 0.01  # a digit spans at least this much of the page's long
 MIN_DIGIT_PX = 8  # ... and at least this many pixels of the original image
 HYSTERESIS = 0.65  # ink this fraction of the threshold counts where it touches clear ink
 NOISE_SIGMAS = 6  # ink is this many noise deviations darker than the paper
+# Cells each side within which paper must be brighter than a cell of ink: as far as the
+# grey-level closing reaches, so a stroke the closing takes for ink is a valley there too.
+REACH = round(CLOSING * BACKGROUND_BLOCKS)
+COVERED = 0.8  # a box's side is there when this much of its length has ink where it must run
 
 
 @dataclass
@@ -72,7 +76,8 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     """Any numeric array -> uint8 (H, W) or (H, W, 3), paper bright; DecodeError if hopeless.
 
     Accepts grey, grey+alpha, RGB and RGBA in any integer, bool or float dtype; NaN and inf are
-    treated as paper. Alpha is composited onto white.
+    treated as paper. Alpha is composited onto white, or taken as the ink in a cut-out (mostly
+    transparent), as `decode.flatten` does.
     """
     a = np.asarray(pixels)
     if a.dtype.kind not in "biuf":
@@ -89,6 +94,8 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
         top = finite.max() if finite.size else 1.0
         a = to_uint8(np.where(np.isposinf(a), top, a))
     if a.ndim == 3 and a.shape[2] in (2, 4):
+        if np.count_nonzero(a[:, :, -1] < 128) > 0.5 * a[:, :, -1].size:
+            return np.ascontiguousarray(255 - a[:, :, -1])  # a cut-out: opacity is ink (decode)
         alpha = a[:, :, -1:].astype(np.float32) / 255
         colour = a[:, :, :-1].astype(np.float32)
         a = np.rint(colour * alpha + 255 * (1 - alpha)).astype(np.uint8)
@@ -213,27 +220,66 @@ def background(plane: np.ndarray) -> np.ndarray:
     """Paper brightness at every pixel of a single-channel page (ink dark).
 
     A high percentile per small cell follows shading and tinted paper closely. A cell that ink
-    fills (a thick marker stroke, a blurred pencil one) reads darker than its brightest
-    neighbour - more than light falls off between neighbouring cells - and takes its value.
-    Cells blur a sharp step in brightness (a shadow's edge, the page's edge on a white margin),
-    so the estimate is capped by a grey-level closing (brightest nearby, then darkest nearby)
-    over a window wider than any stroke, which keeps such steps sharp. Both at half resolution:
-    the paper is smooth, and halving averages out noise.
+    fills (a thick marker stroke, a blurred pencil one) is a valley: darker than the paper on
+    both sides of it along some direction, and takes that paper's level. A shadow, a vignette
+    or a gradient is a step or a slope, not a valley, so the lit paper's level does not creep
+    into it (its edge would turn into "ink"). Cells blur a sharp step in brightness (a
+    shadow's edge, the page's edge on a white margin), so the estimate is capped by a
+    grey-level closing (brightest nearby, then darkest nearby) over a window wider than any
+    stroke, which keeps such steps sharp. Both at half resolution: the paper is smooth, and
+    halving averages out noise.
     """
     h, w = plane.shape
     half = shrunk(plane, 2) if min(h, w) >= 16 else plane
     block = max(1, block_size(plane.shape) // (plane.shape[0] // half.shape[0]))
     cells = block_percentile(half, block, PAPER_PERCENTILE)
-    for _ in range(3):
-        brightest = neighbourhood(cells, np.maximum)
-        filled = cells < INKED_CELL * brightest
-        if not filled.any():
-            break
-        cells = np.where(filled, brightest, cells)
+    if (cells < INKED_CELL * cells.max()).any():  # else no cell is dark enough to fill
+        cells = filled(cells)
     k = max(3, round(CLOSING * max(half.shape))) | 1
     closed = window(window(half, k, np.maximum), k, np.minimum)
     paper = np.minimum(spread(cells, half.shape, block), closed)
     return paper if paper.shape == plane.shape else resized(paper, (h, w))
+
+
+def filled(cells: np.ndarray) -> np.ndarray:
+    """Cells covered by ink given the paper level around them."""
+    around = valley_paper(cells)
+    # Past the page's edge nothing is known: a dark band along it (a scanner's frame, often more
+    # than one cell deep) is filled as before, from its brightest neighbour, for clear_border.
+    ring = np.ones(cells.shape, bool)
+    ring[2:-2, 2:-2] = False
+    around[ring] = np.maximum(around, neighbourhood(cells, np.maximum))[ring]
+    return np.where(cells < INKED_CELL * around, around, cells)
+
+
+def valley_paper(cells: np.ndarray, reach: int = REACH) -> np.ndarray:
+    """For each cell, the paper level on both sides of it along its best direction (row,
+    column or a diagonal): the darker of the brightest cells within `reach` before and after
+    it (0 past the page's edge, where nothing is known to be brighter)."""
+    h, w = cells.shape
+    padded = np.zeros((h + 2 * reach, w + 2 * reach), cells.dtype)
+    padded[reach : reach + h, reach : reach + w] = cells
+    best = np.zeros_like(cells)
+    for grid, dy, dx in ((padded, 0, 1), (padded, 1, 0), (padded, 1, 1), (padded[:, ::-1], 1, 1)):
+        run = window_max(grid, dy, dx, reach)  # run[p] = max of the reach cells from p on
+        before = run[reach - reach * dy :][:h, reach - reach * dx :][:, :w]
+        after = run[reach + dy :][:h, reach + dx :][:, :w]
+        side = np.minimum(before, after)
+        np.maximum(best, side if grid is padded else side[:, ::-1], out=best)
+    return best
+
+
+def window_max(a: np.ndarray, dy: int, dx: int, k: int) -> np.ndarray:
+    """The max of the k cells from each cell on in direction (dy, dx) (each 0 or 1), in
+    log2(k) steps; windows running off the end see what is there."""
+    out = a.copy()
+    h, w = a.shape
+    n = 1
+    while n < k:
+        sy, sx = min(n, k - n) * dy, min(n, k - n) * dx
+        np.maximum(out[: h - sy, : w - sx], out[sy:, sx:], out=out[: h - sy, : w - sx])
+        n += min(n, k - n)
+    return out
 
 
 def shrunk(plane: np.ndarray, factor: int) -> np.ndarray:
@@ -279,18 +325,26 @@ def clear_border(mask: np.ndarray, depth: float = 0.12) -> np.ndarray:
     also behind a blank margin (a cropped photo exported with one).
 
     A band counts as a frame when it runs along (nearly) the whole edge, or when paper follows
-    it: the bar of a 7 in a digit cropped tight is also mostly ink, but its stem goes on.
+    it: the bar of a 7 in a digit cropped tight is also mostly ink, but its stem goes on. A
+    frame found within `depth` is followed to its end, however deep.
     """
     out = mask.copy()
     h, w = out.shape
     for view, limit in ((out, h), (out[::-1], h), (out.T, w), (out.T[::-1], w)):
-        fraction = view[: max(1, int(depth * limit))].mean(axis=1)
+        near = max(1, int(depth * limit))
+        fraction = view[:near].mean(axis=1)
         frame = np.flatnonzero(fraction >= 0.5)
         if len(frame) and fraction[: frame[0]].max(initial=0) < 0.05:
             stop = frame[0]
             while stop < len(fraction) and fraction[stop] >= 0.5:
                 stop += 1
-            if fraction[frame[0] : stop].max() >= 0.9 or fraction[stop:].min(initial=1) < 0.05:
+            end = near
+            if stop == near < limit:  # still mostly ink at the depth searched: follow it
+                fraction = np.r_[fraction, view[near:].mean(axis=1)]
+                while stop < limit and fraction[stop] >= 0.5:
+                    stop += 1
+                end = min(limit, stop + near)
+            if fraction[frame[0] : stop].max() >= 0.9 or fraction[stop:end].min(initial=1) < 0.05:
                 view[:stop] = False
     return out
 
@@ -465,16 +519,22 @@ def remove_lines(
     A long thin straight run counts as a line when it spans almost the whole page, or when it
     reaches beyond the digit (the largest blob of the other ink) on both ends: a box edge, a
     rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does.
-    With no other ink at all, only lines meeting at corners (an empty box) or spanning the page
-    go: a lone straight stroke may be a "1".
+    A form box goes as a whole, also when two of its sides are too short to be searched for
+    (a 1 in a tall box): two parallel lines whose ends line up and are joined by ink are a
+    box. With no other ink at all, only lines meeting at corners (an empty box) or spanning
+    the page go: a lone straight stroke may be a "1".
     """
     horizontal = line_candidates(mask) if horizontal is None else horizontal
     vertical = line_candidates(mask.T) if vertical is None else vertical
     if not horizontal and not vertical:
         return mask
-    lines = [(line, 1) for line in horizontal] + [(line, 0) for line in vertical]
+    in_h, sides_v = boxes(mask, horizontal)
+    in_v, sides_h = boxes(mask.T, vertical)
+    lines = [(line, 1, i in in_h) for i, line in enumerate(horizontal)]
+    lines += [(line, 0, i in in_v) for i, line in enumerate(vertical)]
+    lines += [(line, 1, True) for line in sides_h] + [(line, 0, True) for line in sides_v]
     rest = mask.copy()
-    for line, axis in lines:
+    for line, axis, _ in lines:
         rest &= ~(line.pixels if axis == 1 else line.pixels.T)
     labels, n = label(rest)
     digit = None
@@ -482,10 +542,10 @@ def remove_lines(
         ys, xs = where(chosen(labels, n, select_digit(labels, n)))
         digit = ((ys.min(), ys.max()), (xs.min(), xs.max()))
     out = mask.copy()
-    for line, axis in lines:
+    for line, axis, boxed in lines:
         length = line.stop - line.start + 1
         margin = max(2.0, 0.04 * length)
-        if length >= 0.9 * mask.shape[axis]:
+        if boxed or length >= 0.9 * mask.shape[axis]:
             accept = True
         elif digit is None:
             across = vertical if axis == 1 else horizontal
@@ -497,6 +557,63 @@ def remove_lines(
             keep = line.crossed(rest if axis == 1 else rest.T)
             out &= ~((line.pixels & ~keep) if axis == 1 else (line.pixels & ~keep).T)
     return out
+
+
+def boxes(mask: np.ndarray, lines: list[Line]) -> tuple[list[int], list[Line]]:
+    """Of `lines` (parallel, in mask's orientation): the indices of those that are sides of a
+    box, and the joining sides found (lines of mask.T)."""
+    members: set[int] = set()
+    sides: list[Line] = []
+    short = [i for i, line in enumerate(lines) if line.stop - line.start + 1 < 0.9 * mask.shape[1]]
+    for n, i in enumerate(short):  # lines spanning the page go anyway: no need to box them
+        a = lines[i]
+        for j in short[n + 1 :]:
+            b = lines[j]
+            length = min(a.stop - a.start, b.stop - b.start) + 1
+            tol = max(3.0, 0.05 * length)
+            if abs(a.start - b.start) > tol or abs(a.stop - b.stop) > tol:
+                continue
+            if abs(a.row - b.row) < max(6.0, 0.2 * length):
+                continue  # a double rule, or both edges of one thick stroke
+            found = [s for s in (joining_side(mask, a, b, e) for e in ("start", "stop")) if s]
+            if found:
+                members.update((i, j))
+                sides.extend(found)
+    return sorted(members), sides
+
+
+def joining_side(mask: np.ndarray, a: Line, b: Line, end: str) -> Line | None:
+    """The side joining the `end` ("start" or "stop") of parallel lines a and b (found in
+    `mask`), as a line of mask.T, if the mask has ink along it."""
+    h, w = mask.shape
+    ca, cb = getattr(a, end), getattr(b, end)
+    ra = a.row - (ca - (a.start + a.stop) / 2) * a.slope  # where each line is at that end
+    rb = b.row - (cb - (b.start + b.stop) / 2) * b.slope
+    (r0, c0), (r1, c1) = sorted([(ra, ca), (rb, cb)])
+    y0, y1 = int(np.ceil(r0)) + 2, int(np.floor(r1)) - 2  # inside the two lines
+    if y1 - y0 < 4 or not (min(c0, c1) >= 0 and max(c0, c1) < w):
+        return None
+    ys = np.arange(max(y0, 0), min(y1, h - 1) + 1)
+    xs = np.rint(c0 + (ys - r0) / (r1 - r0) * (c1 - c0)).astype(np.int64)
+    near = np.zeros((len(ys), 5), bool)
+    for i, dx in enumerate(range(-2, 3)):
+        x = xs + dx
+        ok = (x >= 0) & (x < w)
+        near[ok, i] = mask[ys[ok], x[ok]]
+    if near.any(axis=1).mean() < COVERED:
+        return None
+    lo, hi = int(xs.min()) - 2, int(xs.max()) + 2
+    band = np.zeros((w, h), bool)  # mask.T orientation
+    band[max(lo, 0) : hi + 1, max(int(np.floor(r0)), 0) : int(np.ceil(r1)) + 1] = True
+    offset = 3  # shear_rows' offset for slope 0
+    return Line(
+        band & mask.T,
+        max(int(np.floor(r0)), 0),
+        min(int(np.ceil(r1)), h - 1),
+        (lo + offset, hi + offset),
+        0.0,
+        offset,
+    )
 
 
 def corners(line: Line, across: list[Line], tolerance: float) -> int:

@@ -94,6 +94,17 @@ def test_transparent_paper_is_composited_onto_white(tmp_path):
     assert grey[5:35, 28:32].max() < 30 and grey[:, :20].min() == 255
 
 
+@pytest.mark.parametrize("colour", [(150, 150, 150), (255, 255, 255)], ids=["grey", "white"])
+def test_a_cut_out_reads_its_opacity_as_ink(tmp_path, colour):
+    """Paper turned into transparency, colours kept: a 40 % pencil stroke stays 40 % dark
+    (composited onto white it would fade to 16 %, and white ink would vanish)."""
+    rgba = np.zeros((SIZE[1], SIZE[0], 4), np.uint8)
+    rgba[5:35, 28:32] = (*colour, 102)
+    path = write(tmp_path, "pencil.png", encoded(Image.fromarray(rgba), "PNG"))
+    grey = np.asarray(decode.decode(path).image.convert("L"))
+    assert grey[5:35, 28:32].max() == 255 - 102 and grey[:, :20].min() == 255
+
+
 def test_a_transparent_margin_around_the_page_is_cropped_off(tmp_path):
     canvas = Image.new("RGBA", (SIZE[0] + 12, SIZE[1] + 8), (0, 0, 0, 0))
     canvas.paste(page(), (7, 3))

@@ -207,6 +207,40 @@ def test_a_page_mostly_covered_in_ink_still_has_its_digit():
     assert (page.min(axis=-1) < 128).mean() > 0.4
 
 
+def test_a_frame_deeper_than_the_search_goes_whole():
+    """Around a digit near the page's edge, a closer look sees the scanner's frame deep."""
+    mask = np.zeros((100, 100), bool)
+    mask[:30] = True
+    mask[40:80, 45:50] = True
+    cleared = preprocess.clear_border(mask)
+    assert not cleared[:30].any() and cleared[40:80, 45:50].all()
+
+
+@pytest.mark.parametrize("width", [70, 20], ids=["wide", "along the edge"])
+def test_a_shadow_is_not_ink(width):
+    """A hand or phone over part of the page: a step in brightness, not a valley like a stroke,
+    also where the shadow meets the page's edge (at most a sliver there reads as ink)."""
+    rng = np.random.default_rng(0)
+    plane = np.full((160, 200), 0.95, np.float32)
+    plane[:, :width] = 0.55
+    plane += rng.normal(0, 0.01, plane.shape).astype(np.float32)
+    ink = preprocess.ink_strength(plane, preprocess.background(plane))
+    assert np.count_nonzero(ink > 0.3) < 0.15 * plane[:, :width].size
+
+
+def test_a_form_box_around_a_one_goes_with_its_short_sides():
+    def tall_box(draw: ImageDraw.ImageDraw) -> None:
+        draw.rectangle([180, 100, 215, 230], outline=BLACK, width=2)
+
+    def one(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+        draw.line([(x, y), (x - 4, y + size)], BLACK, width)
+
+    page = scan(shape=one, page=(400, 400), at=(199, 112), size=105, width=5, clutter=tall_box)
+    digit = read(page)
+    rows, cols = np.nonzero(digit > 0.5)
+    assert rows.max() - rows.min() >= DIGIT_BOX - 2 and cols.max() - cols.min() <= 8
+
+
 @pytest.mark.parametrize(
     "clutter",
     [None, specks, box, ruled],
