@@ -3,9 +3,12 @@
 1. Accuracy: `digit-inbox classify` on N varied and N clean scans of MNIST test digits, next to
    the model's own accuracy on the very same 28x28 digits; the gap is what scanning costs.
    Per-tag accuracy shows which variation costs it.
-2. Throughput: `digit-inbox classify DIR` (a subprocess, start-up included) against one Python
-   process that merely decodes each PNG with Pillow; the ratio is the target (>= 1.0).
-3. Peers on the same files: Tesseract (single-character mode, digits only) and the classic
+2. Crops: MNIST test digits stored as digit collections store them (cut tight, 16x16, 8x8),
+   read by `digit-inbox classify`, next to the model on the same originals.
+3. Throughput: `digit-inbox classify DIR` (a subprocess, start-up included) against one Python
+   process that merely decodes each PNG with Pillow; the ratio is the target (>= 1.0). Then
+   the CPU cost of each stage per file, and the best ratio two cores allow with it.
+4. Peers on the same files: Tesseract (single-character mode, digits only) and the classic
    recipe (greyscale, resize to 28x28, invert, same ONNX model).
 
 Run by hand, not in CI:
