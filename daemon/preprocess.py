@@ -24,7 +24,7 @@ it is given, except a DecodeError for arrays that are no image at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -60,6 +60,7 @@ class Prepared:
     image: np.ndarray | None  # (28, 28) float32 in 0..1, ink = 1; None when blank
     blank_reason: str = ""
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
+    doubt: str = ""  # why the page may hold more than the one digit read, whatever the model says
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Digit:
     mask: np.ndarray  # bool, the digit's ink after lines and specks were removed
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive) of the digit's ink
     threshold: float
+    marks: int = 1  # digit-sized marks side by side on the page (several digits?)
 
 
 # --- input -------------------------------------------------------------------------------
@@ -785,7 +787,22 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
     box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
-    return Digit(digit, box, t)
+    return Digit(digit, box, t, marks(components(labels, n), box, int(np.count_nonzero(digit))))
+
+
+def marks(c: Components, box: tuple[int, int, int, int], ink: int) -> int:
+    """How many digit-sized marks stand side by side: pieces at least half as tall as the digit
+    read and with a fifth of its ink, those overlapping left to right counted once. A number
+    like 42 makes two - read as one digit it would be filed wrong with full confidence.
+    """
+    tall = (c.y1 - c.y0 >= 0.5 * (box[2] - box[0])) & (c.area >= 0.2 * ink)
+    spans = sorted(zip(c.x0[tall].tolist(), c.x1[tall].tolist(), strict=True))
+    count, reach = 0, -1
+    for x0, x1 in spans:
+        if x0 >= reach:
+            count += 1
+        reach = max(reach, x1)
+    return count
 
 
 def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:
@@ -912,13 +929,16 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
         if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or size < 0.5 * max(ink.shape):
             closer = look_closer(img, look.light, look.paper, found.box, look.scale, wanted)
             if closer is not None:
-                ink, found = closer
+                ink, found = closer[0], replace(closer[1], marks=max(closer[1].marks, found.marks))
     steps = {"page": look.page, "ink": ink} if debug else {}
     if not isinstance(found, Digit):
         return Prepared(None, found, steps)
     image, crop = normalise(ink, found)
     if debug:
         steps.update(mask=found.mask.astype(np.float32), crop=crop, digit=image)
+    if found.marks > 1:
+        doubt = f"{found.marks} digit-sized marks side by side; one digit is read per scan"
+        return Prepared(image, "", steps, doubt)
     return Prepared(image, "", steps)
 
 

@@ -53,6 +53,7 @@ class Prepared:
     height: int | None = None
     sha256: str = ""
     ms: float = 0.0
+    doubtful: bool = False  # the page may hold more than the digit read: review, however sure
 
 
 def prepare_file(
@@ -71,7 +72,7 @@ def prepare_file(
         log.exception("%s: preprocessing failed", path)
         reason = f"internal error ({type(exc).__name__}: {decode.one_line(exc)}); please report"
         return Prepared(None, Status.ERROR, error=reason, ms=elapsed_ms(start))
-    notes = [n for n in (decoded.note, prepared.blank_reason) if n]
+    notes = [n for n in (decoded.note, prepared.blank_reason, prepared.doubt) if n]
     if debug_path is not None:
         write_strip(debug_path, prepared.steps)
     return Prepared(
@@ -82,6 +83,7 @@ def prepare_file(
         height=decoded.height,
         sha256=decoded.sha256,
         ms=elapsed_ms(start),
+        doubtful=bool(prepared.doubt),
     )
 
 
@@ -289,7 +291,7 @@ class Reader:
             row.digit, row.confidence = str(first), float(probs[first])
             row.runner_up, row.runner_up_confidence = str(second), float(probs[second])
             row.digit_confidences = f"{row.confidence:.4f}"
-            if row.confidence < self.min_confidence:
+            if row.confidence < self.min_confidence or p.doubtful:
                 row.status = Status.LOW_CONFIDENCE
         return row
 

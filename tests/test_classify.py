@@ -80,6 +80,21 @@ def test_a_blank_page_is_read_as_blank_with_exit_status_0(capsys, tmp_path):
     assert row["status"] == "blank" and row["digit"] == ""
 
 
+def test_a_number_of_two_digits_is_flagged_for_review_not_read_as_one(capsys, tmp_path):
+    """One digit is read per scan: of 42 it would give 4 or 2, sure of it, and the daemon
+    would file it so. The row says why instead, and low_confidence sends it to review/."""
+    four, two = (Image.open(io.BytesIO(digit_png(i)[0])) for i in (4, 1))  # labels 4 and 2
+    page = Image.new("L", (4 * 84, 2 * 84), 255)
+    page.paste(four, (84, 42))
+    page.paste(two, (84 + 84 + 10, 42))
+    page.save(tmp_path / "42.png")
+    code, out, _ = classify(capsys, str(tmp_path / "42.png"))
+    (row,) = parse(out)
+    assert code == ExitCode.OK
+    assert row["status"] == "low_confidence" and row["digit"] in ("4", "2")
+    assert "2 digit-sized marks" in row["note"]
+
+
 def test_a_missing_path_is_a_usage_error_before_any_work(capsys, caplog, folder):
     code, out, _ = classify(capsys, str(folder), str(folder / "nope"))
     assert code == ExitCode.USAGE

@@ -241,6 +241,23 @@ def test_a_form_box_around_a_one_goes_with_its_short_sides():
     assert rows.max() - rows.min() >= DIGIT_BOX - 2 and cols.max() - cols.min() <= 8
 
 
+def test_two_digits_side_by_side_are_a_doubt_not_a_confident_read():
+    def another(draw: ImageDraw.ImageDraw) -> None:
+        zero(draw, 140, 50, 80, 8)
+
+    assert "2 digit-sized marks" in preprocess.prepare(scan(page=(200, 260), clutter=another)).doubt
+
+
+def test_a_digit_with_a_detached_piece_is_one_mark():
+    def five(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+        draw.line([(x + 6, y), (x + 0.6 * size, y)], BLACK, width)  # the bar, lifted off
+        draw.line([(x, y + 8), (x, y + 0.45 * size)], BLACK, width)
+        draw.arc([x - 4, y + 0.35 * size, x + 0.6 * size, y + size], 250, 160, BLACK, width)
+
+    prepared = preprocess.prepare(scan(shape=five))
+    assert prepared.image is not None and prepared.doubt == ""
+
+
 @pytest.mark.parametrize(
     "clutter",
     [None, specks, box, ruled],
