@@ -238,3 +238,11 @@ def test_a_worker_crash_costs_one_error_row_and_few_pool_restarts(
     assert [(r.file, r.error) for r in failed] == crashed
     # The first pool, one replacement after the crash, one after the crashing file's retry.
     assert len(pools) <= 3
+
+
+def test_a_known_batch_ends_in_single_files_so_the_workers_finish_it_together():
+    items = [(Path(f"{i}.png"), f"{i}.png") for i in range(11)]
+    sizes = [len(chunk) for chunk in recognize.chunked(items, 4, tail=4)]
+    assert sum(sizes) == 11 and max(sizes) == 4 and sizes[-4:] == [1, 1, 1, 1]
+    streamed = [len(chunk) for chunk in recognize.chunked(iter(items), 4, tail=4)]
+    assert streamed == [4, 4, 3]  # a stream's end is unknown: chunks as they come
