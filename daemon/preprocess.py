@@ -714,14 +714,14 @@ def components(labels: np.ndarray, n: int) -> Components:
     return Components(np.bincount(ids, minlength=n), y0, x0, y1 + 1, x1 + 1)
 
 
-def select_digit(labels: np.ndarray, n: int) -> np.ndarray:
+def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.ndarray:
     """Component ids (1-based) of the digit: the largest piece and the pieces that belong to it.
 
     A piece joins when it is close to the digit so far (within a third of its size) and more
     than a speck (3 % of its ink), or when it lies inside the digit's box (1 %). Dust is never
     a piece: a small, round, filled blob, where a digit's stray pieces are bits of stroke.
     """
-    c = components(labels, n)
+    c = components(labels, n) if c is None else c
     h, w = c.y1 - c.y0, c.x1 - c.x0
     main = int(np.argmax(c.area))  # returned first
     blob = (c.area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w))
@@ -781,13 +781,14 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
     labels, n = keep_labels(labels, n, np.flatnonzero(np.bincount(labels[strong], minlength=1)))
     if n == 0:
         return "only lines, no digit"
-    ids = select_digit(labels, n)
+    pieces = components(labels, n)
+    ids = select_digit(labels, n, pieces)
     digit = chosen(labels, n, ids)
     ys, xs = where(digit & strong)  # the box of the clear ink: faint rims would widen it
     box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
-    return Digit(digit, box, t, marks(components(labels, n), box, int(np.count_nonzero(digit))))
+    return Digit(digit, box, t, marks(pieces, box, int(np.count_nonzero(digit))))
 
 
 def marks(c: Components, box: tuple[int, int, int, int], ink: int) -> int:
