@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from bench import torture
-from digit_inbox.daemon.config import ROLES
+from digit_inbox.daemon.config import ROLES, Paths
 
 DEFAULT_TIMEOUT = 60.0
 # The folders of a config's `paths` section, in the order Folders lists them.
@@ -91,19 +91,15 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     return torture.write_config(root, **merged)
 
 
-@dataclass
-class Folders:
+@dataclass(frozen=True)
+class Folders(Paths):
+    """A daemon's folders, and the test's folder they were made under."""
+
     root: Path
-    inbox: Path
-    outbox: Path
-    review: Path
-    failed: Path
-    reports: Path
-    state: Path
 
     @classmethod
     def under(cls, root: Path) -> Folders:
-        return cls(root, *(root / "var" / role for role in ROLES))
+        return cls(*(root / "var" / role for role in ROLES), root=root)
 
     def report_rows(self) -> list[dict[str, str]]:
         """Every row of every daily report, in file order."""

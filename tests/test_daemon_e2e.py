@@ -122,10 +122,10 @@ def test_two_daemons_on_one_inbox_share_the_work_without_duplicates(start_daemon
         configs.append(write_config(root, paths={**paths, "reports": "./reports"}))
         folders.append(
             Folders(
-                root,
                 *(shared / r for r in ("inbox", "outbox", "review", "failed")),
                 root / "reports",
                 root / "var" / "state",
+                root=root,
             )
         )
     first, second = (start_daemon(c) for c in configs)

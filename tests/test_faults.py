@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -104,13 +103,13 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost_or_torn(
 ):
     paths = {r: f"./fs/{r}" for r in ("inbox", "outbox", "review", "failed", "reports")}
     paths["state"] = "./fs/state" if state == "on-the-full-disk" else "./state"
-    folders = SimpleNamespace(**{r: tmp_path / p for r, p in paths.items()})
+    folders = Folders(**{r: tmp_path / p for r, p in paths.items()}, root=tmp_path)
     config_path = write_config(tmp_path, paths=paths, watch={"empty_timeout_seconds": 1})
     daemon = start_daemon(config_path)
     ledger = Ledger()
     for i in range(10):
         ledger.drop(folders.inbox, f"before-{i}.png".encode(), digit_png(i))
-    daemon.folders = Folders(tmp_path, **vars(folders))  # where its rows are
+    daemon.folders = folders  # where its rows are
     daemon.wait_rows(10)
     staging = small_tmpfs / "staging"  # written now, renamed in once the disk is full
     staging.mkdir()
