@@ -259,11 +259,7 @@ def flatten(im: Image.Image) -> Image.Image:
                 # itself is transparent): the margin is not paper, and a white one next to a
                 # shaded page would look like a dark frame around it.
                 im, alpha = im.crop(opaque), inside
-        if sum(alpha.histogram()[:128]) > 0.5 * alpha.width * alpha.height:
-            # A cut-out: the paper itself transparent, only the drawing opaque. Many tools make
-            # one by turning the paper's brightness into transparency and keep the colours, so
-            # composited onto white a stroke of darkness d shows only d^2 (a 30 % pencil line
-            # fades to 9 %). Its opacity is its ink, whatever colour the ink was.
+        if is_cut_out(np.asarray(alpha)):
             return ImageChops.invert(alpha)
         page = Image.new(base, im.size, "white")
         # Pillow blends RGBA straight into RGB (the colour bytes, as a converted copy would).
@@ -272,6 +268,16 @@ def flatten(im: Image.Image) -> Image.Image:
     if mode in ("L", "RGB", "I", "F"):
         return im
     return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def is_cut_out(alpha: np.ndarray) -> bool:
+    """Whether an 8-bit alpha channel is a cut-out's: mostly more transparent than opaque (a
+    scanned page is opaque, also inside a transparent margin). In a cut-out the paper itself is
+    transparent and only the drawing opaque; many tools make one by turning the paper's
+    brightness into transparency and keep the colours, so composited onto white a stroke of
+    darkness d shows only d^2 (a 30 % pencil line fades to 9 %). Its opacity is its ink,
+    whatever colour the ink was."""
+    return bool(np.count_nonzero(alpha < 128) > 0.5 * alpha.size)
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:

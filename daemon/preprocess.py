@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
-from digit_inbox.daemon.decode import DecodeError, flatten, to_uint8
+from digit_inbox.daemon.decode import DecodeError, flatten, is_cut_out, to_uint8
 
 OVERVIEW_PIXELS = 200 * 200  # first look at the page at about this many pixels
 POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail answers it
@@ -96,8 +96,8 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
         top = finite.max() if finite.size else 1.0
         a = to_uint8(np.where(np.isposinf(a), top, a))
     if a.ndim == 3 and a.shape[2] in (2, 4):
-        if np.count_nonzero(a[:, :, -1] < 128) > 0.5 * a[:, :, -1].size:
-            return np.ascontiguousarray(255 - a[:, :, -1])  # a cut-out: opacity is ink (decode)
+        if is_cut_out(a[:, :, -1]):
+            return np.ascontiguousarray(255 - a[:, :, -1])  # opacity is ink
         alpha = a[:, :, -1:].astype(np.float32) / 255
         colour = a[:, :, :-1].astype(np.float32)
         a = np.rint(colour * alpha + 255 * (1 - alpha)).astype(np.uint8)
@@ -385,8 +385,12 @@ class Line:
 
 
 def shear_rows(rows: np.ndarray, cols: np.ndarray, slope: float, width: int) -> np.ndarray:
-    offset = math.ceil(abs(slope) * width) + 3
-    return rows + np.rint(cols * slope).astype(np.int64) + offset
+    return rows + np.rint(cols * slope).astype(np.int64) + shear_offset(slope, width)
+
+
+def shear_offset(slope: float, width: int) -> int:
+    """What shearing adds to every row, so that no sheared row is negative."""
+    return math.ceil(abs(slope) * width) + 3
 
 
 def thin_rows(mask: np.ndarray, k: int) -> np.ndarray:
@@ -459,7 +463,7 @@ def sheared_profiles(
     """The projection profile of the pixels at rows, cols sheared by each slope, in one
     bincount: (len(slopes), length), row s = np.bincount(shear_rows(..., slopes[s], ...))
     padded with zeros."""
-    offsets = np.ceil(np.abs(slopes) * width).astype(np.int64) + 3
+    offsets = np.array([shear_offset(float(slope), width) for slope in slopes], np.int64)
     sheared = rows + np.rint(cols * slopes[:, None]).astype(np.int64) + offsets[:, None]
     length = int(sheared.max(initial=0)) + 1
     sheared += np.arange(len(slopes))[:, None] * length
@@ -502,7 +506,7 @@ def segments(
             filled[idx[i] : idx[i + 1]] = True
     edges = np.flatnonzero(np.diff(filled.astype(np.int8)))
     out = []
-    offset = int(shear_rows(np.zeros(1, np.int64), np.zeros(1, np.int64), slope, w)[0])
+    offset = shear_offset(slope, w)
     for start, stop in zip(edges[::2], edges[1::2], strict=False):
         if stop - start < min_length:
             continue
@@ -607,7 +611,7 @@ def joining_side(mask: np.ndarray, a: Line, b: Line, end: str) -> Line | None:
     lo, hi = int(xs.min()) - 2, int(xs.max()) + 2
     band = np.zeros((w, h), bool)  # mask.T orientation
     band[max(lo, 0) : hi + 1, max(int(np.floor(r0)), 0) : int(np.ceil(r1)) + 1] = True
-    offset = 3  # shear_rows' offset for slope 0
+    offset = shear_offset(0.0, h)
     return Line(
         band & mask.T,
         max(int(np.floor(r0)), 0),

@@ -216,8 +216,7 @@ class Reader:
         ] = deque()
         # A known batch ends in single files: both workers finish it together, instead of one
         # idling while the other reads a last chunk (the daemon reads batch by batch).
-        tail = 2 * self.workers if isinstance(items, Sequence) else 0
-        chunks = chunked(items, FILES_PER_TASK, tail)
+        chunks = chunked(items, FILES_PER_TASK, tail=2 * self.workers)
         while True:
             while len(pending) < window:
                 chunk = next(chunks, None)
