@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -136,20 +137,29 @@ def per_tag(
 def cached_set(
     work_dir: Path, count: int, seed: int, preset: str, formats: Sequence[str] | None, workers: int
 ) -> tuple[Path, list[scans.Label]]:
-    """A generated set, reused when a complete one (labels.csv present) is already there.
+    """A generated scan set, reused when a complete one is already there."""
+    name = f"{preset}-{'+'.join(formats or ['all'])}-seed{seed}-n{count}"
+    write = functools.partial(
+        scans.write_set, count=count, seed=seed, preset=preset, formats=formats, workers=workers
+    )
+    return cached(work_dir, name, write)
 
-    The key includes a hash of the generator's source, so editing it never reuses stale sets.
-    """
+
+def cached(
+    work_dir: Path, name: str, write: Callable[[Path], list[scans.Label]]
+) -> tuple[Path, list[scans.Label]]:
+    """The set `write` makes in a folder, reused when a complete one (labels.csv present) is
+    already there. The key includes a hash of the generator's source, so editing it never
+    reuses stale sets."""
     generator = hashlib.sha256(Path(scans.__file__).read_bytes()).hexdigest()[:8]
-    name = f"{preset}-{'+'.join(formats or ['all'])}-seed{seed}-n{count}-{generator}"
-    folder = work_dir / name
+    folder = work_dir / f"{name}-{generator}"
     labels_csv = folder / "labels.csv"
     if labels_csv.exists():
         return folder, scans.read_labels(labels_csv)
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    labels = scans.write_set(folder, count, seed, preset, formats=formats, workers=workers)
-    log(f"generated {count} {preset} scans in {time.perf_counter() - start:.0f} s: {folder}")
+    labels = write(folder)
+    log(f"generated {len(labels)} files in {time.perf_counter() - start:.0f} s: {folder}")
     return folder, labels
 
 
@@ -283,14 +293,13 @@ def bench_accuracy(args: argparse.Namespace, results: dict) -> dict[str, tuple[P
 
 def bench_crops(args: argparse.Namespace, results: dict) -> None:
     """Digits as collections store them (scans.CROP_STYLES), read by `classify` like scans."""
-    generator = hashlib.sha256(Path(scans.__file__).read_bytes()).hexdigest()[:8]
     for style in scans.CROP_STYLES:
         slug = "".join(c if c.isalnum() else "-" for c in style)
-        folder = args.work_dir / f"crops-{slug}-seed{args.seed}-n{args.count}-{generator}"
-        if (folder / "labels.csv").exists():
-            labels = scans.read_labels(folder / "labels.csv")
-        else:
-            labels = scans.write_crops(folder, args.count, args.seed, style)
+        folder, labels = cached(
+            args.work_dir,
+            f"crops-{slug}-seed{args.seed}-n{args.count}",
+            lambda out, style=style: scans.write_crops(out, args.count, args.seed, style),
+        )
         entry: dict = {
             "n": len(labels),
             "mnist": score(labels, mnist_reference(labels, args.model)).accuracy,
@@ -307,27 +316,29 @@ def bench_crops(args: argparse.Namespace, results: dict) -> None:
         results["crops"][style] = entry
 
 
+def pillow_load(path: Path) -> int:
+    """Open and decode one file with Pillow, and nothing else: the baseline. -> its pixels."""
+    with Image.open(path) as image:
+        image.load()
+        return image.width * image.height
+
+
 def cpu_per_file(paths: Sequence[Path], model: Path | None) -> dict[str, float]:
     """CPU milliseconds per file of each stage, in this process: where the time goes, and what
     two cores could do at best (every stage but Pillow's own decoding is overhead on it)."""
     from digit_inbox.daemon import decode, preprocess
     from digit_inbox.daemon.classifier import Classifier
 
-    def per_file(work: Callable[[Path], object]) -> float:
+    def per_file(work: Callable[[Any], object], items: Sequence[Any]) -> float:
         start = time.process_time()
-        for path in paths:
-            work(path)
-        return 1000 * (time.process_time() - start) / len(paths)
-
-    def pillow(path: Path) -> None:
-        with Image.open(path) as image:
-            image.load()
+        for item in items:
+            work(item)
+        return 1000 * (time.process_time() - start) / len(items)
 
     pages = [decode.decode(path).image for path in paths]
-    pages_iter = iter(pages * 2)
     box = Image.Resampling.BOX  # the cheapest look at the whole page
-    bare_resize = per_file(lambda _: next(pages_iter).convert("L").resize((28, 28), box, None, 2.0))
-    prepare = per_file(lambda _: preprocess.prepare(next(pages_iter)))
+    bare_resize = per_file(lambda page: page.convert("L").resize((28, 28), box, None, 2.0), pages)
+    prepare = per_file(preprocess.prepare, pages)
     batch = np.zeros((256, 28, 28), np.float32)
     classifier = Classifier(model)
     start = time.process_time()
@@ -336,8 +347,8 @@ def cpu_per_file(paths: Sequence[Path], model: Path | None) -> dict[str, float]:
     infer = 1000 * (time.process_time() - start) / (8 * len(batch))
     out = {
         "files": len(paths),
-        "pillow_open_load": per_file(pillow),
-        "decode": per_file(decode.decode),
+        "pillow_open_load": per_file(pillow_load, paths),
+        "decode": per_file(decode.decode, paths),
         "preprocess": prepare,
         "bare_resize": bare_resize,
         "inference": infer,
@@ -355,12 +366,8 @@ def bench_throughput(args: argparse.Namespace, results: dict) -> None:
     paths = [folder / item.file for item in labels]
     for path in paths:  # warm the page cache so neither side pays for the disk
         path.read_bytes()
-    pixels = 0
     start = time.perf_counter()
-    for path in paths:
-        with Image.open(path) as image:
-            image.load()
-            pixels += image.width * image.height
+    pixels = sum(pillow_load(path) for path in paths)
     decode_s = time.perf_counter() - start
     entry: dict = {
         "n": len(paths),
