@@ -2,27 +2,32 @@
 
 Rows stream out as batches finish, so a folder of 10,000 scans shows progress at once. With
 `--output` the CSV is written to a temporary file beside it and renamed at the end: a reader of
-that file never sees half a report.
+that file never sees half a report. With `--output FILE --resume` rows are appended to FILE as
+they finish and the files it already has rows for are skipped (see resume.py): a run of a
+million files can be stopped and started again. `--scheduler` reads on a Dask cluster
+(cluster.py) instead of this machine's worker processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import sys
 import tempfile
-import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from digit_inbox.daemon import rows
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
 from digit_inbox.daemon.errors import ExitCode, UsageError
+from digit_inbox.daemon.progress import Progress
 from digit_inbox.daemon.recognize import Reader
-from digit_inbox.daemon.rows import Status
+from digit_inbox.daemon.resume import Appender
+from digit_inbox.daemon.rows import Row, Status
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +41,113 @@ def main(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     debug_dir: Path | None = None,
     workers: int | None = None,
+    resume: bool = False,
+    scheduler: str | None = None,
 ) -> int:
     """Classify files and folders; exit 0 when every file was read, 1 when any was an error."""
     check_options(min_confidence, max_pixels, workers)
+    check_bulk_options(output, resume, scheduler, workers)
     items = collect(paths)
     if not items:
         log.warning("no image files found in %s", ", ".join(map(str, paths)))
-    start = time.perf_counter()
-    counts: Counter[Status] = Counter()
-    with Reader(
-        model,
+    with reading(
+        scheduler,
+        workers,
+        model=model,
         min_confidence=min_confidence,
         max_pixels=max_pixels,
-        workers=workers,
         debug_dir=debug_dir,
-    ) as reader, open_output(output) as out:  # fmt: skip
+    ) as read, open_sink(output, resume) as sink:  # fmt: skip
+        todo = sink.still_to_read(items)
+        progress = Progress(len(todo))
+        try:
+            for row in read(todo):
+                sink.write(row)
+                progress.update(row.status)
+        finally:
+            progress.close()
+    log.info("%s", progress.summary(skipped=len(items) - len(todo)))
+    return int(ExitCode.FILES_FAILED if progress.counts[Status.ERROR] else ExitCode.OK)
+
+
+def check_bulk_options(
+    output: Path | None, resume: bool, scheduler: str | None, workers: int | None
+) -> None:
+    if resume and output is None:
+        raise UsageError("--resume needs --output FILE: the rows already in FILE are skipped")
+    if scheduler is not None and workers is not None:
+        raise UsageError("--workers is for this machine; with --scheduler the Dask workers read")
+
+
+ReadRows = Callable[[Sequence[tuple[Path, str]]], Iterator[Row]]
+
+
+@contextlib.contextmanager
+def reading(
+    scheduler: str | None,
+    workers: int | None,
+    *,
+    model: Path | None,
+    min_confidence: float,
+    max_pixels: int,
+    debug_dir: Path | None,
+) -> Iterator[ReadRows]:
+    """How rows are read: worker processes here, or a Dask cluster's workers."""
+    if scheduler is None:
+        with Reader(
+            model,
+            min_confidence=min_confidence,
+            max_pixels=max_pixels,
+            workers=workers,
+            debug_dir=debug_dir,
+        ) as reader:
+            yield reader.iter_read
+        return
+    from digit_inbox.daemon import cluster
+
+    options = cluster.Options(
+        model=str(model.absolute()) if model else None,
+        min_confidence=min_confidence,
+        max_pixels=max_pixels,
+        debug_dir=str(debug_dir.absolute()) if debug_dir else None,
+    )
+    with cluster.connect(scheduler) as client:
+        yield functools.partial(cluster.read, client, options=options)
+
+
+class Sink(Protocol):
+    def still_to_read(self, items: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]: ...
+    def write(self, row: Row) -> None: ...
+
+
+@dataclasses.dataclass
+class Stream:
+    """Rows as CSV text on a stream, each flushed as it comes; every item is to read."""
+
+    out: IO[str]
+
+    def still_to_read(self, items: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+        return list(items)
+
+    def write(self, row: Row) -> None:
+        self.out.write(rows.format_rows([row]))
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def open_sink(output: Path | None, resume: bool) -> Iterator[Sink]:
+    """Where rows go: appended durably to `output` with --resume, else as `open_output` says."""
+    if resume:
+        assert output is not None
+        appender = Appender(output)
+        try:
+            yield appender
+        finally:
+            appender.close()
+        return
+    with open_output(output) as out:
         out.write(rows.header_line())
-        for row in reader.iter_read(items):
-            out.write(rows.format_rows([row]))
-            out.flush()
-            counts[row.status] += 1
-    seconds = time.perf_counter() - start
-    log.info(
-        "%d files in %.1f s: %d ok, %d low confidence, %d blank, %d errors",
-        len(items), seconds, counts[Status.OK], counts[Status.LOW_CONFIDENCE],
-        counts[Status.BLANK], counts[Status.ERROR],
-    )  # fmt: skip
-    return int(ExitCode.FILES_FAILED if counts[Status.ERROR] else ExitCode.OK)
+        yield Stream(out)
 
 
 def check_options(min_confidence: float, max_pixels: int, workers: int | None) -> None:

@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: one per CPU core)"
     )
+    classify.add_argument(
+        "--resume",
+        action="store_true",
+        help="append to --output FILE as rows finish, skipping files it already has a row for",
+    )
+    classify.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="read on this Dask cluster (the [dask] extra); every worker must see PATH",
+    )
 
     train = sub.add_parser("train", help="train a model on MNIST (needs the [train] extra)")
     train.add_argument("--arch", choices=["cnn", "softmax"], default="cnn")
@@ -135,6 +145,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             debug_dir=args.debug_dir,
             workers=args.workers,
+            resume=args.resume,
+            scheduler=args.scheduler,
         )
     if args.command == "train":
         from digit_inbox.export import mnist, train

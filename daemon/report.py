@@ -139,6 +139,14 @@ class Report:
             return
         if self.size == 0:
             data = header() + data
+        self._write(data)
+
+    def start(self) -> None:
+        """Write the header to an empty report, so even a report of no rows has its columns."""
+        if self.size == 0:
+            self._write(header())
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)
