@@ -40,16 +40,22 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Start `digit-inbox run --config CONFIG` (a fresh log each time); all are killed at the end.
 
     Call with the config path (default: a `write_config(tmp_path)` one), `wait=False` to skip
-    waiting for readiness, and extra environment variables as keywords.
+    waiting for readiness, `host` to run it as if on that machine (tests/as_host.py), and extra
+    environment variables as keywords.
     """
     started: list[DaemonProcess] = []
 
-    def start(config: Path | None = None, *, wait: bool = True, **env: str) -> DaemonProcess:
+    def start(
+        config: Path | None = None, *, wait: bool = True, host: str | None = None, **env: str
+    ) -> DaemonProcess:
         config = config or write_config(tmp_path)
         log_path = tmp_path / f"daemon-{len(started)}.log"
+        command = ["digit_inbox.daemon"] if host is None else ["tests.as_host", host]
+        if host is not None:
+            env.setdefault("PYTHONPATH", str(Path(__file__).parent.parent))
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "digit_inbox.daemon", "run", "--config", str(config)],
+                [sys.executable, "-m", *command, "run", "--config", str(config)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=daemon_env(**env),
