@@ -9,9 +9,10 @@ warm, one after the other:
 (b) `digit-inbox classify DIR --scheduler ADDR --output F`, a subprocess, on a LocalCluster of
     W worker processes (one thread each, 127.0.0.1) started beforehand, as a real cluster is.
 
-Then the costs that decide how far more machines go: CPU ms per file on a worker (the rows'
-`ms`), the client's CPU per row (the subprocess of (b): it receives the rows and writes the
-CSV) and the scheduler's (this process hosts it), and from them the rate to expect on N
+Then the costs that decide how far more machines go: CPU ms per file on a worker (the worker
+processes' CPU time over (b)), the client's CPU per row (the subprocess of (b), less its
+start-up: it receives the rows and writes the CSV) and the scheduler's (this process hosts it;
+less its idle heartbeats), and from them the rate to expect on N
 machines of --cores-per-machine cores: min(N x cores / worker cost, 1 / client cost,
 1 / scheduler cost). Shared storage bandwidth is the other limit, not measured here.
 """
@@ -32,6 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from digit_inbox.daemon.cluster import Options, reader_for
 from digit_inbox.export import mnist
 
 try:
@@ -62,6 +64,13 @@ def run(command: list[str], output: Path) -> dict:
         "here_cpu_s": time.process_time() - own,
         "worker_ms_per_file": sum(float(r["ms"] or 0) for r in rows) / max(len(rows), 1),
     }
+
+
+def idle_cpu_per_s(seconds: float = 3.0) -> float:
+    """CPU seconds per second this process spends with the cluster idle (heartbeats)."""
+    start, wall = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return (time.process_time() - start) / (time.perf_counter() - wall)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -101,21 +110,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         Client(cluster) as client,
     ):
         client.wait_for_workers(args.workers)
+        # The model loaded, as on a cluster already at work.
+        client.run(lambda: reader_for(Options()).model_id)
         scheduler = ["--scheduler", cluster.scheduler_address]
         empty = folder.parent / "empty"
         empty.mkdir(exist_ok=True)
         startup = run([*base[:4], str(empty), "-o", str(output), *scheduler], output)
+        idle = idle_cpu_per_s()
+        workers_cpu = sum(client.run(time.process_time).values())
         dask = run([*base, *scheduler], output)
+        workers_cpu = sum(client.run(time.process_time).values()) - workers_cpu
     n = dask["rows"]
     costs = {
-        "worker_ms_per_file": dask["worker_ms_per_file"],
+        "worker_ms_per_file": 1000 * workers_cpu / n,
+        "worker_wall_ms_per_file": dask["worker_ms_per_file"],
         # The client's start-up (imports, connecting) measured on an empty folder, not counted.
         "client_ms_per_row": 1000 * (dask["client_cpu_s"] - startup["client_cpu_s"]) / n,
-        "scheduler_ms_per_file": 1000 * dask["here_cpu_s"] / n,
+        # The scheduler (and the nannies) in this process, less what they spend when idle.
+        "scheduler_ms_per_file": 1000 * (dask["here_cpu_s"] - idle * dask["wall_s"]) / n,
     }
     limits = {
         "client": 1000 / max(costs["client_ms_per_row"], 1e-6),
-        "scheduler": 1000 / max(costs["scheduler_ms_per_file"], 1e-6),
+        "scheduler": 1000 / max(costs["scheduler_ms_per_file"], 1e-3),
     }
     scaling = {
         machines: min(
@@ -141,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Ratio (b)/(a) = **{dask['rows_per_s'] / plain['rows_per_s']:.2f}**.",
         "",
-        f"Per file: {costs['worker_ms_per_file']:.2f} ms on a worker (decode, preprocess, "
-        f"classify), {costs['client_ms_per_row']:.3f} ms in the client, "
+        f"Per file: {costs['worker_ms_per_file']:.2f} ms of CPU on a worker (decode, "
+        f"preprocess, classify; {costs['worker_wall_ms_per_file']:.2f} ms wall on these shared "
+        f"cores), {costs['client_ms_per_row']:.3f} ms in the client, "
         f"{costs['scheduler_ms_per_file']:.3f} ms in the scheduler: they cap a cluster at "
         f"{limits['client']:,.0f} and {limits['scheduler']:,.0f} rows/s.",
         "",
