@@ -102,7 +102,7 @@ def connect(scheduler: str) -> Iterator[Client]:
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'digit-inbox[dask]'") from None
     try:
-        client = Client(scheduler, timeout="30s")
+        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (30 s)
     except OSError as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     try:

@@ -11,6 +11,8 @@ import io
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,7 +23,7 @@ import pytest
 
 from digit_inbox.daemon import cli, cluster, rows
 from digit_inbox.daemon.errors import ExitCode
-from tests.helpers import digit_png
+from tests.helpers import daemon_env, digit_png
 
 distributed = pytest.importorskip("distributed")
 
@@ -136,3 +138,20 @@ def test_a_worker_that_cannot_see_a_folder_stops_the_run_with_a_usage_error(clie
 def test_workers_and_scheduler_together_are_a_usage_error(scans, caplog):
     code = cli.main(["classify", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2", str(scans)])
     assert code == ExitCode.USAGE and "--workers is for this machine" in caplog.text
+
+
+def test_a_model_the_workers_cannot_load_is_a_model_error(client, scans, tmp_path, caplog):
+    command = ["classify", "--scheduler", client.scheduler.address, str(scans)]
+    assert cli.main([*command, "--model", str(tmp_path / "none.onnx")]) == ExitCode.MODEL
+    assert "cannot load the model" in caplog.text
+
+
+def test_an_unreachable_scheduler_is_a_usage_error(scans):
+    """In a process of its own: a client that never connected keeps its IO thread running."""
+    command = [sys.executable, "-m", "digit_inbox.daemon", "classify", str(scans)]
+    command += ["--scheduler", "tcp://127.0.0.1:9"]
+    env = daemon_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
+    assert done.stdout == ""

@@ -4,6 +4,7 @@ ends with exactly one row in FILE, and no row is ever torn."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import logging
 import os
@@ -150,3 +151,13 @@ def test_killed_mid_run_then_resumed_every_file_has_exactly_one_row(tmp_path):
 def read_csv_lenient(path: Path) -> list[bytes]:
     """The complete rows, whatever the last line."""
     return path.read_bytes().split(b"\r\n")[1:-1]
+
+
+def test_a_file_another_run_is_appending_to_is_refused_at_once(scans, tmp_path, caplog):
+    out = tmp_path / "rows.csv"
+    out.write_bytes(rows.header_line().encode())
+    with open(out, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert classify(scans, "-o", out, "--resume") == ExitCode.USAGE
+    assert "being appended to by another run" in caplog.text
+    assert out.read_bytes() == rows.header_line().encode()
