@@ -64,9 +64,9 @@ def main(
             for row in read(todo):
                 sink.write(row)
                 progress.update(row.status)
-        finally:
+        finally:  # interrupted too: what was done (with --resume, the next run goes on)
             progress.close()
-    log.info("%s", progress.summary(skipped=len(items) - len(todo)))
+            log.info("%s", progress.summary(skipped=len(items) - len(todo)))
     return int(ExitCode.FILES_FAILED if progress.counts[Status.ERROR] else ExitCode.OK)
 
 
