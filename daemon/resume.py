@@ -4,8 +4,9 @@ A file is done when FILE has a row with its `file` name and, when that row has a
 file's bytes still hash to it. The sha256 is in every row already, so no second file can drift
 from the CSV, and it survives copies and restores that change mtimes; checking it costs reading
 each done file once (hashing is a small fraction of reading a scan). A file changed since its
-row was written is read again, and its new, later row is the current one. A row without a
-sha256 (a file that could not be read at all) counts as done: delete such rows to retry them.
+row was written is read again, and its new, later row is the current one; one that cannot be
+opened any more keeps its row. A row without a sha256 (a file that could not be read at all)
+counts as done: delete such rows to retry them.
 
 Rows are appended through `report.Report`, the daemon's report writer: an exclusive lock (one
 run per FILE), a torn last line from a killed run cut on open, the header written once, and an
@@ -103,7 +104,7 @@ class Appender:
             cell = file_cell(name)
             if cell not in self.done:
                 todo.append((path, name))
-            elif self.done[cell] and sha256_of(path) != self.done[cell]:
+            elif self.done[cell] and sha256_of(path) not in ("", self.done[cell]):
                 log.warning("%s changed since its row was written: reading it again", name)
                 todo.append((path, name))
         return todo

@@ -18,6 +18,7 @@ import pytest
 
 from digit_inbox.daemon import cli, rows
 from digit_inbox.daemon.errors import ExitCode
+from digit_inbox.daemon.resume import Appender
 from tests.helpers import daemon_env, digit_png, wait_until
 
 
@@ -161,3 +162,18 @@ def test_a_file_another_run_is_appending_to_is_refused_at_once(scans, tmp_path, 
         assert classify(scans, "-o", out, "--resume") == ExitCode.USAGE
     assert "being appended to by another run" in caplog.text
     assert out.read_bytes() == rows.header_line().encode()
+
+
+def test_a_file_gone_since_its_row_keeps_that_row_and_is_not_read_again(tmp_path):
+    out = tmp_path / "rows.csv"
+    (tmp_path / "a.png").write_bytes(digit_png(1)[0])
+    classify(tmp_path / "a.png", "-o", out, "--resume")
+    before = out.read_bytes()
+    appender = Appender(out)
+    try:  # collect() would refuse a missing PATH; a file gone from a folder looks like this
+        assert appender.still_to_read([(tmp_path / "a.png", str(tmp_path / "a.png"))]) == []
+        (tmp_path / "a.png").unlink()
+        assert appender.still_to_read([(tmp_path / "a.png", str(tmp_path / "a.png"))]) == []
+    finally:
+        appender.close()
+    assert out.read_bytes() == before
