@@ -107,6 +107,7 @@ def test_each_worker_process_loads_the_model_once(client, scans):
     assert set(loaded.values()) == {1}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_leaves_every_file_exactly_one_row(tmp_path):
     """On a cluster of its own: the replaced worker's threads end with that cluster."""
     folder = tmp_path / "many"
