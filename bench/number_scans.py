@@ -46,8 +46,17 @@ try:
 except ImportError:  # run as a script: bench/ itself is on sys.path, the repo root is not
     import scans  # type: ignore[no-redef]
 
-KINDS = ("mixed", "plain", "tight", "touching", "overlap", "separators", "underline", "lines",
-         "printed")  # fmt: skip
+KINDS = (
+    "mixed",
+    "plain",
+    "tight",
+    "touching",
+    "overlap",
+    "separators",
+    "underline",
+    "lines",
+    "printed",
+)
 # Gap between neighbouring digits' ink, as a share of the digit height (negative: they cross).
 SPACINGS = {
     "normal": (0.12, 0.45),
@@ -56,6 +65,8 @@ SPACINGS = {
     "overlap": (-0.12, -0.04),
 }
 SPACING_WEIGHTS = {"normal": 0.55, "tight": 0.2, "touching": 0.17, "overlap": 0.08}
+# Printed things around a number; grids are left out (a table cell per digit is another task).
+CLUTTER_P = {"box": 0.15, "ruled": 0.1, "dust": 0.25, "border": 0.15, "saltpepper": 0.05}
 LABELS = ("Amount:", "No.", "Score", "Total", "Qty:", "Ref.", "Page", "Sum")
 
 
@@ -139,7 +150,7 @@ def place_x(canvas_right: np.ndarray, glyph_left: np.ndarray, y: int, gap: float
     both = (right > -(10**6)) & (glyph_left < 10**6)
     if not both.any():  # no row in common: fall back to the bounding boxes
         return int(canvas_right.max() + 1 + gap - glyph_left.min())
-    return int(math.ceil(np.max(right[both] - glyph_left[both]) + 1 + gap))
+    return math.ceil(np.max(right[both] - glyph_left[both]) + 1 + gap)
 
 
 def pen_width(height: float, ink: str) -> int:
@@ -165,16 +176,21 @@ def draw_separator(
 
 
 def draw_trailing(
-    draw: ImageDraw.ImageDraw, rng: np.random.Generator, x: float, base: float, height: float,
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    x: float,
+    base: float,
+    height: float,
     pen: int,
-) -> float:  # fmt: skip
+) -> float:
     """An amount's closing stroke: `/-` (as on cheques) or `=`; returns its width."""
     gap = height * 0.15
     if rng.random() < 0.5:
         draw.line([(x + gap, base), (x + gap + height * 0.4, base - height)], 255, pen)
         start = x + gap + height * 0.45
-        draw.line([(start, base - height * 0.5), (start + height * 0.35, base - height * 0.5)],
-                  255, pen)  # fmt: skip
+        draw.line(
+            [(start, base - height * 0.5), (start + height * 0.35, base - height * 0.5)], 255, pen
+        )
         return gap + height * 0.85
     for level in (0.38, 0.62):
         y = base - height * level
@@ -275,15 +291,26 @@ def render(
     longest = max(len(line) for line in plan_.lines)
     fits = max_side / (1.5 * (longest + 1.5)) if longest else max_side
     tallest = max(16.0, min(200.0, fits))
-    height = scans.log_uniform(rng, min(24.0, tallest), tallest) if varied else rng.uniform(
-        min(36.0, tallest), min(90.0, tallest)
+    height = (
+        scans.log_uniform(rng, min(24.0, tallest), tallest)
+        if varied
+        else rng.uniform(min(36.0, tallest), min(90.0, tallest))
     )
-    ink = scans.pick(rng, {"black": 3, "pencil": 1, "blue": 2, "red": 1, "marker": 1,
-                           "hairline": 1}) if varied else "black"  # fmt: skip
-    tags = [f"length:{sum(len(line) for line in plan_.lines)}", f"lines:{len(plan_.lines)}",
-            f"spacing:{plan_.spacing}", scans.size_tag(height), f"ink:{ink}"]  # fmt: skip
-    written = [write_number(images[list(line)], height, ink, plan_, rng, tags)
-               for line in plan_.lines]  # fmt: skip
+    ink = (
+        scans.pick(rng, {"black": 3, "pencil": 1, "blue": 2, "red": 1, "marker": 1, "hairline": 1})
+        if varied
+        else "black"
+    )
+    tags = [
+        f"length:{sum(len(line) for line in plan_.lines)}",
+        f"lines:{len(plan_.lines)}",
+        f"spacing:{plan_.spacing}",
+        scans.size_tag(height),
+        f"ink:{ink}",
+    ]
+    written = [
+        write_number(images[list(line)], height, ink, plan_, rng, tags) for line in plan_.lines
+    ]
     tags = list(dict.fromkeys(tags))  # each separator tag once, however many lines had it
     if plan_.underline:
         tags.append("underline")
@@ -303,8 +330,9 @@ def render(
         block = block.rotate(rng.uniform(-5, 5), Image.Resampling.BICUBIC, expand=True)
         tags.append("geom:rotate")
 
-    caption = printed_label(LABELS[rng.integers(len(LABELS))], height, rng) if plan_.printed \
-        else None  # fmt: skip
+    caption = (
+        printed_label(LABELS[rng.integers(len(LABELS))], height, rng) if plan_.printed else None
+    )
     above = caption is not None and rng.random() < 0.3
     gap = round(height * rng.uniform(0.4, 1.0))
     content_w = block.width + (caption.width + gap if caption and not above else 0)
@@ -318,8 +346,9 @@ def render(
     x0 = round(rng.uniform(0.2, 0.8) * (page_w - content_w))
     y0 = round(rng.uniform(0.2, 0.8) * (page_h - content_h))
 
-    kind = scans.pick(rng, {"white": 4, "grey": 1, "yellow": 1, "recycled": 1}) if varied \
-        else "white"  # fmt: skip
+    kind = (
+        scans.pick(rng, {"white": 4, "grey": 1, "yellow": 1, "recycled": 1}) if varied else "white"
+    )
     page = scans.paper(kind, (page_w, page_h), rng)
     tags.append(f"paper:{kind}")
     bx, by = x0, y0
@@ -334,8 +363,7 @@ def render(
         tags.append("printed")
     ink_box = block.getbbox() or (0, 0, block.width, block.height)
     box = (bx + ink_box[0], by + ink_box[1], bx + ink_box[2], by + ink_box[3])
-    clutter = [k for k, p in {"box": 0.15, "ruled": 0.1, "dust": 0.25, "border": 0.15,
-                              "saltpepper": 0.05}.items() if varied and rng.random() < p]  # fmt: skip
+    clutter = [k for k, p in CLUTTER_P.items() if varied and rng.random() < p]
     # A box is drawn around each line's number, as form fields are; ruled paper under all.
     scans.draw_clutter(page, [k for k in clutter if k in ("box", "ruled")], box, rng)
     page.paste(scans.rgb255(scans.INKS[ink][0]), (bx, by), scans.ink_layer(block, ink, rng))
@@ -344,8 +372,11 @@ def render(
     if "border" in clutter:
         scans.draw_border(page, rng)
     tags += [f"clutter:{k}" for k in clutter if k != "saltpepper"]
-    light = scans.pick(rng, {"even": 4, "gradient": 1, "vignette": 1, "shadow": 1}) if varied \
-        else "even"  # fmt: skip
+    light = (
+        scans.pick(rng, {"even": 4, "gradient": 1, "vignette": 1, "shadow": 1})
+        if varied
+        else "even"
+    )
     if light != "even":
         page = ImageChops.multiply(page, scans.illumination(light, page.size, rng).convert("RGB"))
     tags.append(f"light:{light}")
@@ -388,9 +419,14 @@ class Recipe:
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(
-            [self.seed, scans.PRESETS.index(self.preset), KINDS.index(self.kind),
-             self.length or 0, index]
-        )  # fmt: skip
+            [
+                self.seed,
+                scans.PRESETS.index(self.preset),
+                KINDS.index(self.kind),
+                self.length or 0,
+                index,
+            ]
+        )
 
 
 _TEST: mnist.Split | None = None
@@ -471,8 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=scans.PRESETS, default="varied")
-    parser.add_argument("--kind", choices=KINDS, default="mixed",
-                        help="one feature for every page; mixed draws them at random")  # fmt: skip
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="mixed",
+        help="one feature for every page; mixed draws them at random",
+    )
     parser.add_argument("--length", type=int, help="digits per line (default: 1-10 at random)")
     parser.add_argument("--max-side", type=int, default=1600, help="largest page side, px")
     parser.add_argument(
