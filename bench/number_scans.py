@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import math
+import itertools
 import multiprocessing
 import os
 import sys
@@ -72,6 +72,7 @@ SEPARATORS = {"dot": ".", "comma": ",", "dash": "-", "slashdash": "/-", "equals"
               "trail": "-"}  # fmt: skip
 FORM_LABELS = ("Amount:", "No.", "Score", "Total:", "Qty", "Ref.", "Page", "Marks:",
                "Invoice No.", "Account", "Row", "Ticket")  # fmt: skip
+STREAMS = ("spec", "mnist", "page")  # what each of a file's random generators decides
 FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
               "LiberationSans-Regular.ttf")  # fmt: skip
 
@@ -110,6 +111,11 @@ def expected_digits(written: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # What to write
+
+
+def digit_pairs(written: str) -> int:
+    """How many neighbours in `written` are both digits (where spacing applies)."""
+    return sum(a.isdigit() and b.isdigit() for a, b in itertools.pairwise(written))
 
 
 def random_digits(rng: np.random.Generator, n: int) -> str:
@@ -186,7 +192,7 @@ def draw_spec(rng: np.random.Generator, kind: str) -> Spec:
         tags.append(f"length:{len(expected_digits(lines[0]))}")
     else:
         tags.append(f"lines:{n_lines}")
-    if any(a.isdigit() and b.isdigit() for line in lines for a, b in zip(line, line[1:])):
+    if any(digit_pairs(line) for line in lines):
         tags.append(f"spacing:{spacing}")
     tags += [f"sep:{s}" for s in dict.fromkeys(seps)]
     if underline:
@@ -308,8 +314,7 @@ def write_line(
     glyphs = iter(digits)
     # Fast handwriting joins some neighbours, not all: each pair of adjacent digits touches
     # (or overlaps) with even odds, and one of them always does.
-    pairs = sum(a.isdigit() and b.isdigit() for a, b in zip(written, written[1:]))
-    joined = rng.random(max(pairs, 1)) < 0.5
+    joined = rng.random(max(digit_pairs(written), 1)) < 0.5
     joined[rng.integers(len(joined))] = True
     pair = 0
     i = 0
@@ -355,7 +360,9 @@ def write_line(
     return canvas, baseline
 
 
-def underline(canvas: np.ndarray, baseline: int, h: float, ink: str, rng: np.random.Generator) -> None:
+def underline(
+    canvas: np.ndarray, baseline: int, h: float, ink: str, rng: np.random.Generator
+) -> None:
     """A hand-drawn line under the ink of `canvas`, a little longer than the number."""
     cols = np.flatnonzero(canvas.max(axis=0) > 0.5)
     if not cols.size:
@@ -423,7 +430,7 @@ def printed_text(text: str, cap_height: float) -> Image.Image:
     """`text` in a printed font (coverage, mode L, cut to the ink), capitals `cap_height` tall."""
     face = font(max(6, round(cap_height / 0.73)))
     left, top, right, bottom = face.getbbox(text)
-    image = Image.new("L", (right - left + 4, bottom - top + 4), 0)
+    image = Image.new("L", (round(right - left) + 4, round(bottom - top) + 4), 0)
     ImageDraw.Draw(image).text((2 - left, 2 - top), text, fill=255, font=face)
     return image.crop(image.getbbox() or (0, 0, image.width, image.height))
 
@@ -457,7 +464,7 @@ def render(
     ink = scans.pick(rng, {"black": 3, "pencil": 1, "blue": 2, "red": 1, "marker": 1,
                            "hairline": 1}) if varied else "black"  # fmt: skip
     cover, first = handwriting(spec, images, h, ink, rng)
-    tags = list(spec.tags) + [f"ink:{ink}"]
+    tags = [*spec.tags, f"ink:{ink}"]
     if varied and rng.random() < 0.3:  # a tilted line of writing
         before = cover.size
         cover = cover.rotate(rng.uniform(-5, 5), Image.Resampling.BICUBIC, expand=True)
@@ -497,7 +504,9 @@ def render(
     page_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     cover, (x, y) = fit(cover, (0, 0))
     tags.append(scans.size_tag(h * scale))
-    kind = scans.pick(rng, {"white": 4, "grey": 1, "yellow": 1, "recycled": 1}) if varied else "white"
+    kind = (
+        scans.pick(rng, {"white": 4, "grey": 1, "yellow": 1, "recycled": 1}) if varied else "white"
+    )
     page = scans.paper(kind, page_size, rng)
     tags.append(f"paper:{kind}")
     ink_box = cover.getbbox() or (0, 0, cover.width, cover.height)
@@ -554,7 +563,9 @@ def make_scan(
         encoding = scans.with_quality(encoding, rng)
     else:
         encoding = scans.choose_encoding(rng, preset, formats)
-    page, tags = render(spec, images, rng, preset, encoding.max_side(max_side), encoding.mode == "1")
+    page, tags = render(
+        spec, images, rng, preset, encoding.max_side(max_side), encoding.mode == "1"
+    )
     data, tags = scans.encode(page, tags, encoding, rng)
     return scans.Scan(data, encoding.suffix, tuple(tags))
 
@@ -574,15 +585,20 @@ class Recipe:
     max_side: int = 1600
     every_encoding: bool = False
 
-    def rng(self, index: int) -> np.random.Generator:
-        # One generator per file, so a set is the same however it is split across processes.
-        return np.random.default_rng([self.seed, PRESETS.index(self.preset), 11, index])
+    def rng(self, index: int, stream: str) -> np.random.Generator:
+        """File `index`'s generator for one `stream` of choices (STREAMS): one per file, so a
+        set is the same however it is split across processes, and changing how a page is
+        drawn leaves the numbers and their MNIST digits as they were."""
+        key = [self.seed, PRESETS.index(self.preset), STREAMS.index(stream), index]
+        return np.random.default_rng(key)
 
     def spec(self, index: int) -> Spec:
-        return draw_spec(self.rng(index), self.kinds[index % len(self.kinds)])
+        return draw_spec(self.rng(index, "spec"), self.kinds[index % len(self.kinds)])
 
 
-def pick_indices(digits: str, by_digit: Sequence[np.ndarray], rng: np.random.Generator) -> list[int]:
+def pick_indices(
+    digits: str, by_digit: Sequence[np.ndarray], rng: np.random.Generator
+) -> list[int]:
     """An MNIST test index for each digit character, drawn from that digit's examples."""
     return [int(by_digit[int(c)][rng.integers(len(by_digit[int(c)]))]) for c in digits if c != " "]
 
@@ -591,13 +607,11 @@ def _write_one(
     job: tuple[Recipe, Path, int, Spec, list[int]], images: np.ndarray
 ) -> tuple[str, tuple[str, ...]]:
     recipe, out_dir, index, spec, indices = job
-    rng = recipe.rng(index)
-    rng.random()  # a stream apart from the one that drew the spec
     encoding = None
     if recipe.every_encoding:
         encoding = scans.ALL_ENCODINGS[index % len(scans.ALL_ENCODINGS)]
-    scan = make_scan(spec, images[indices], np.random.default_rng(rng.integers(2**63)),
-                     recipe.preset, recipe.formats, recipe.max_side, encoding)  # fmt: skip
+    scan = make_scan(spec, list(images[indices]), recipe.rng(index, "page"), recipe.preset,
+                     recipe.formats, recipe.max_side, encoding)  # fmt: skip
     name = f"{index:05d}{scan.suffix}"
     (out_dir / name).write_bytes(scan.data)
     return name, scan.tags
@@ -647,8 +661,8 @@ def write_set(
     jobs = []
     for i in range(count):
         spec = recipe.spec(i)
-        rng = np.random.default_rng([seed, PRESETS.index(preset), 12, i])
-        jobs.append((recipe, out_dir, i, spec, pick_indices(spec.digits, by_digit, rng)))
+        indices = pick_indices(spec.digits, by_digit, recipe.rng(i, "mnist"))
+        jobs.append((recipe, out_dir, i, spec, indices))
     if workers > 1 and count > 1:
         with multiprocessing.Pool(workers, _init_worker, (data_dir,)) as pool:
             results = pool.map(_write_in_worker, jobs, chunksize=8)
