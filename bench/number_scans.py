@@ -122,9 +122,9 @@ def random_digits(rng: np.random.Generator, n: int) -> str:
     return "".join(str(d) for d in rng.integers(0, 10, n))
 
 
-def with_separator(digits: str, rng: np.random.Generator) -> tuple[str, str | None]:
+def with_separator(digits: str, rng: np.random.Generator) -> str:
     """`digits` written as an amount or a code: a thousands or decimal mark, a dash between
-    groups, or a dash after the amount. Returns (written, sep tag) or (digits, None)."""
+    groups, or a dash after the amount."""
     n = len(digits)
     choices = ["slashdash", "equals", "trail"]
     if n >= 3:
@@ -137,19 +137,64 @@ def with_separator(digits: str, rng: np.random.Generator) -> tuple[str, str | No
         if n >= 4 and rng.random() < 0.6:  # thousands: 1.234.567
             head = n % 3 or 3
             groups = [digits[:head]] + [digits[i : i + 3] for i in range(head, n, 3)]
-            return mark.join(groups), sep
-        return digits[:-2] + mark + digits[-2:], sep  # decimal: 12.50
+            return mark.join(groups)
+        return digits[:-2] + mark + digits[-2:]  # decimal: 12.50
     if sep == "dash":
         cut = int(rng.integers(1, n))
-        return digits[:cut] + mark + digits[cut:], sep
-    return digits + mark, sep
+        return digits[:cut] + mark + digits[cut:]
+    return digits + mark
 
 
-def draw_spec(rng: np.random.Generator, kind: str) -> Spec:
-    """A random Spec of `kind` (see KINDS)."""
+def marks(written: str) -> list[str]:
+    """`written` (one line) as the pen draws it: each digit, and each separator by name."""
+    out = []
+    i = 0
+    while i < len(written):
+        char = written[i]
+        if char.isdigit():
+            out.append(char)
+        elif written.startswith("/-", i):
+            out.append("slashdash")
+            i += 1
+        elif char in ".,=":
+            out.append({".": "dot", ",": "comma", "=": "equals"}[char])
+        elif char == "-":
+            out.append("trail" if i == len(written) - 1 else "dash")
+        else:
+            raise ValueError(f"cannot write {char!r}: digits and . , - /- = only")
+        i += 1
+    return out
+
+
+def make_spec(
+    lines: Sequence[str],
+    spacing: str = "normal",
+    underline: bool = False,
+    mixed_sizes: bool = False,
+    printed: str | None = None,
+) -> Spec:
+    """A Spec and its tags, which are read off the text and the features."""
+    tags = [
+        f"length:{len(expected_digits(lines[0]))}" if len(lines) == 1 else f"lines:{len(lines)}"
+    ]
+    if any(digit_pairs(line) for line in lines):
+        tags.append(f"spacing:{spacing}")
+    seps = [m for line in lines for m in marks(line) if not m.isdigit()]
+    tags += [f"sep:{s}" for s in dict.fromkeys(seps)]
+    if underline:
+        tags.append("underline")
+    if mixed_sizes:
+        tags.append("sizes:mixed")
+    if printed:
+        tags += ["printed", f"printed:{printed}"]
+    return Spec(tuple(lines), spacing, underline, mixed_sizes, printed, tuple(tags))
+
+
+def draw_spec(rng: np.random.Generator, kind: str, text: str | None = None) -> Spec:
+    """A random Spec of `kind` (see KINDS); `text` (lines separated by spaces) replaces the
+    random number, the kind still choosing spacing, underline, label and sizes."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
-    tags: list[str] = []
     spacing, underline, mixed, printed = "normal", False, False, None
     n_lines = 1
     if kind == "mixed":
@@ -167,7 +212,6 @@ def draw_spec(rng: np.random.Generator, kind: str) -> Spec:
     elif kind == "underline":
         underline = True
     lines = []
-    seps = []
     for _ in range(n_lines):
         if kind == "four":
             n = 4
@@ -181,27 +225,14 @@ def draw_spec(rng: np.random.Generator, kind: str) -> Spec:
             n = int(rng.integers(1, 7))
         else:
             n = int(rng.integers(1, 11))
-        digits = random_digits(rng, n)
-        written = digits
+        written = random_digits(rng, n)
         if kind == "amount" or (kind == "mixed" and rng.random() < 0.25):
-            written, sep = with_separator(digits, rng)
-            if sep:
-                seps.append(sep)
+            written = with_separator(written, rng)
         lines.append(written)
-    if n_lines == 1:
-        tags.append(f"length:{len(expected_digits(lines[0]))}")
-    else:
-        tags.append(f"lines:{n_lines}")
-    if any(digit_pairs(line) for line in lines):
-        tags.append(f"spacing:{spacing}")
-    tags += [f"sep:{s}" for s in dict.fromkeys(seps)]
-    if underline:
-        tags.append("underline")
-    if mixed:
-        tags.append("sizes:mixed")
-    if printed:
-        tags += ["printed", f"printed:{printed}"]
-    return Spec(tuple(lines), spacing, underline, mixed, printed, tuple(tags))
+    if text is not None:
+        lines = text.split()
+        marks(" ".join(lines).replace(" ", ""))  # refuse what cannot be written, now
+    return make_spec(lines, spacing, underline, mixed, printed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +282,7 @@ def pen_mark(sep: str, h: float, stroke: float, rng: np.random.Generator) -> tup
         right = length
     elif sep == "slashdash":
         top = h * rng.uniform(0.65, 0.9)
-        slant = h * rng.uniform(0.2, 0.35)
+        slant = h * rng.uniform(0.3, 0.5)
         line([(0, 0), (slant, top)])
         y = h * rng.uniform(0.35, 0.5)
         line([(slant * 0.8, y), (slant * 0.8 + h * rng.uniform(0.25, 0.4), y + jitter())])
@@ -312,15 +343,14 @@ def write_line(
     x = round(0.2 * h)
     previous = None  # kind of the mark just written: "digit" or "sep"
     glyphs = iter(digits)
+    tokens = marks(written)
     # Fast handwriting joins some neighbours, not all: each pair of adjacent digits touches
     # (or overlaps) with even odds, and one of them always does.
     joined = rng.random(max(digit_pairs(written), 1)) < 0.5
     joined[rng.integers(len(joined))] = True
     pair = 0
-    i = 0
-    while i < n_marks:
-        char = written[i]
-        if char.isdigit():
+    for token in tokens:
+        if token.isdigit():
             factor = rng.uniform(0.8, 1.2) if spec.mixed_sizes else rng.uniform(0.95, 1.05)
             item = ink_crop(scans.glyph(next(glyphs), h * factor, ink, rng))
             top = baseline - item.shape[0] + round(rng.uniform(-0.04, 0.04) * h)
@@ -342,21 +372,13 @@ def write_line(
             place(canvas, item, max(at, 0), top)
             x = max(x, max(at, 0) + item.shape[1])
             previous = "digit"
-            i += 1
         else:
-            sep = "slashdash" if written[i : i + 2] == "/-" else None
-            if sep is None:
-                trailing = i == n_marks - 1
-                sep = {".": "dot", ",": "comma", "=": "equals"}.get(
-                    char, "trail" if trailing else "dash"
-                )
-            mark, mark_base = pen_mark(sep, h, stroke, rng)
+            mark, mark_base = pen_mark(token, h, stroke, rng)
             at = x + round(rng.uniform(0.08, 0.2) * h)
             top = min(max(baseline - mark_base, 0), canvas.shape[0] - mark.shape[0])
             place(canvas, mark, at, top)
             x = at + mark.shape[1]
             previous = "sep"
-            i += 2 if sep == "slashdash" else 1
     return canvas, baseline
 
 
@@ -581,6 +603,7 @@ class Recipe:
     seed: int
     preset: str = "varied"
     kinds: tuple[str, ...] = ("mixed",)  # file i is of kinds[i % len(kinds)]
+    texts: tuple[str, ...] | None = None  # file i writes texts[i % len(texts)], if given
     formats: tuple[str, ...] | None = None
     max_side: int = 1600
     every_encoding: bool = False
@@ -593,7 +616,8 @@ class Recipe:
         return np.random.default_rng(key)
 
     def spec(self, index: int) -> Spec:
-        return draw_spec(self.rng(index, "spec"), self.kinds[index % len(self.kinds)])
+        text = self.texts[index % len(self.texts)] if self.texts else None
+        return draw_spec(self.rng(index, "spec"), self.kinds[index % len(self.kinds)], text)
 
 
 def pick_indices(
@@ -637,6 +661,7 @@ def write_set(
     preset: str = "varied",
     *,
     kinds: Sequence[str] = ("mixed",),
+    texts: Sequence[str] | None = None,
     formats: Sequence[str] | None = None,
     max_side: int = 1600,
     every_encoding: bool = False,
@@ -652,8 +677,15 @@ def write_set(
             f"unknown kinds or formats {sorted(unknown)}; kinds: {sorted(KINDS)}, "
             f"formats: {scans.FORMATS}"
         )
-    recipe = Recipe(seed, preset, tuple(kinds), tuple(formats) if formats else None, max_side,
-                    every_encoding)  # fmt: skip
+    recipe = Recipe(
+        seed,
+        preset,
+        tuple(kinds),
+        tuple(texts) if texts else None,
+        tuple(formats) if formats else None,
+        max_side,
+        every_encoding,
+    )
     data_dir = data_dir or mnist.resolve_data_dir(None)
     test = mnist.load_split(data_dir, "test")
     by_digit = [np.flatnonzero(test.labels == d) for d in range(10)]
@@ -711,6 +743,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated kinds, file i gets the (i mod n)-th: "
         + "; ".join(f"{k}: {v}" for k, v in KINDS.items()),
     )
+    parser.add_argument(
+        "--text",
+        action="append",
+        help="write this number instead of a random one (repeatable, file i gets the (i mod "
+        "n)-th; a space starts a new line; separators . , - /- =), e.g. --text 19.272",
+    )
     parser.add_argument("--formats", help=f"comma-separated subset of {','.join(scans.FORMATS)}")
     parser.add_argument(
         "--data-dir", type=Path, help=f"MNIST folder (default: ${mnist.ENV_DATA_DIR})"
@@ -730,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed,
         args.preset,
         kinds=args.kind.split(","),
+        texts=args.text,
         formats=args.formats.split(",") if args.formats else None,
         max_side=args.max_side,
         every_encoding=args.every_encoding,
