@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
@@ -34,9 +35,9 @@ def page_of(spec: number_scans.Spec, split: mnist.Split, seed: int = 0) -> np.nd
     return 255 - np.asarray(page.convert("L"))
 
 
-def runs(profile: np.ndarray, min_length: int) -> list[tuple[int, int]]:
+def runs(profile: npt.ArrayLike, min_length: int) -> list[tuple[int, int]]:
     """(start, end) of the runs of True in `profile` at least `min_length` long."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], profile.astype(int), [0]])))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(profile, dtype=int), [0]])))
     return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_length]
 
 
@@ -137,7 +138,7 @@ def line_of(spec: number_scans.Spec, seed: int) -> np.ndarray:
     line, _ = number_scans.write_line(
         spec.lines[0], digits, 50.0, spec, "black", np.random.default_rng(seed)
     )
-    return (line > 0.5).any(axis=0)
+    return np.asarray((line > 0.5).any(axis=0))
 
 
 def test_neighbours_stand_apart_at_normal_and_tight_spacing_and_touch_when_touching() -> None:
