@@ -111,6 +111,8 @@ class Tally:
     digits: int = 0  # expected digits
     digits_right: int = 0
     length_right: int = 0  # readings with the expected number of digits
+    fewer: int = 0  # readings with fewer digits than written (marks merged or missed)
+    more: int = 0  # readings with more (marks split, or non-digits read as digits)
     review: int = 0  # status low_confidence
     wrong_ok: int = 0  # wrong reading filed with status ok
 
@@ -122,6 +124,8 @@ class Tally:
         if len(got) == len(want):
             self.length_right += 1
             self.digits_right += sum(a == b for a, b in zip(want, got, strict=True))
+        self.fewer += len(got) < len(want)
+        self.more += len(got) > len(want)
         self.review += reading.status == REVIEW
         self.wrong_ok += reading.status == OK and reading.text != expected
 
@@ -134,6 +138,8 @@ class Tally:
             "string_accuracy": share(self.strings, self.n),
             "digit_accuracy": share(self.digits_right, self.digits),
             "length_right": share(self.length_right, self.n),
+            "fewer_digits": share(self.fewer, self.n),
+            "more_digits": share(self.more, self.n),
             "review": share(self.review, self.n),
             "wrong_ok": self.wrong_ok,
             "wrong_ok_share": share(self.wrong_ok, self.n),
@@ -275,12 +281,14 @@ def figures_row(label: str, e: Mapping[str, Any]) -> list[object]:
         pct(e["string_accuracy"]),
         pct(e["digit_accuracy"]),
         pct(e["length_right"]),
+        f"{pct(e['fewer_digits'])} / {pct(e['more_digits'])}",
         pct(e["review"]),
         f"{e['wrong_ok']} ({pct(e['wrong_ok_share'])})",
     ]
 
 
-HEADER = ["set", "n", "string acc.", "digit acc.", "length right", "to review", "wrong, ok"]
+HEADER = ["set", "n", "string acc.", "digit acc.", "length right", "fewer / more digits",
+          "to review", "wrong, ok"]  # fmt: skip
 
 
 def tag_order(tag: str) -> tuple[int, int, str]:
@@ -309,8 +317,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     out += [
         "",
         "String: the whole reading right. Digit: per position when the number of digits is "
-        "right, all wrong otherwise. Wrong, ok: misread and filed with status ok "
-        "(target < 0.5 %).",
+        "right, all wrong otherwise. Fewer / more digits: readings short of digits (marks "
+        "merged or lost) or with extra ones (marks split, separators or print read as digits). "
+        "Wrong, ok: misread and filed with status ok (target < 0.5 %).",
     ]
     for name, e in sets.items():
         if "error" in e:

@@ -284,6 +284,8 @@ def test_string_and_digit_accuracy_review_share_and_wrong_strings_filed_ok() -> 
     assert everything["n"] == 5 and everything["string_accuracy"] == pytest.approx(1 / 5)
     assert everything["digit_accuracy"] == pytest.approx((4 + 3 + 3) / (4 + 4 + 3 + 2 + 1))
     assert everything["length_right"] == pytest.approx(3 / 5)
+    assert everything["fewer_digits"] == pytest.approx(2 / 5)  # d.png, and e.png read nothing
+    assert everything["more_digits"] == 0
     assert everything["review"] == pytest.approx(2 / 5)
     assert everything["wrong_ok"] == 1
     assert groups["length:4"].figures()["string_accuracy"] == pytest.approx(1 / 2)
