@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
+import functools
 import io
 import json
 import os
@@ -36,7 +36,6 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +49,10 @@ from typing import Any
 from digit_inbox.export import mnist
 
 try:
-    from bench import bench_scans, number_scans, scans
+    from bench import bench_scans, number_scans
 except ImportError:  # run as a script: bench/ itself is on sys.path, the repo root is not
     import bench_scans  # type: ignore[no-redef]
     import number_scans  # type: ignore[no-redef]
-    import scans  # type: ignore[no-redef]
 
 DEFAULT_SEED = 2024  # the committed samples use seed 1; these sets must differ from them
 OK = "ok"
@@ -173,43 +171,21 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def generator_hash() -> str:
-    source = b"".join(Path(str(m.__file__)).read_bytes() for m in (number_scans, scans))
-    return hashlib.sha256(source).hexdigest()[:8]
-
-
 def cached_set(
     work_dir: Path, count: int, seed: int, preset: str, kind: str, workers: int
 ) -> tuple[Path, list[number_scans.Label]]:
-    """A generated number set, reused when a complete one (labels.csv present) is there; the
-    key includes a hash of the generators' source, so editing them never reuses stale sets."""
-    folder = work_dir / f"numbers-{preset}-{kind}-seed{seed}-n{count}-{generator_hash()}"
-    labels_csv = folder / "labels.csv"
-    if labels_csv.exists():
-        return folder, number_scans.read_labels(labels_csv)
-    shutil.rmtree(folder, ignore_errors=True)
-    start = time.perf_counter()
-    labels = number_scans.write_set(folder, count, seed, preset, kinds=(kind,), workers=workers)
-    log(f"generated {len(labels)} files in {time.perf_counter() - start:.0f} s: {folder}")
-    return folder, labels
+    """A generated number set, reused as bench_scans reuses its sets."""
+    write = functools.partial(
+        number_scans.write_set, count=count, seed=seed, preset=preset, kinds=(kind,),
+        workers=workers,
+    )  # fmt: skip
+    name = f"numbers-{preset}-{kind}-seed{seed}-n{count}"
+    return bench_scans.cached(work_dir, name, write, number_scans)
 
 
 def tesseract_line(path: Path) -> str:
     """The digits Tesseract reads in `path` as one text line ("" for none)."""
-    command = ["tesseract", str(path), "stdout", "--psm", "7"]
-    command += ["-c", "tessedit_char_whitelist=0123456789"]
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "OMP_THREAD_LIMIT": "1"},
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return ""
-    return normalise(done.stdout)
+    return normalise(bench_scans.tesseract_digits(path, 7))
 
 
 def tesseract(folder: Path, labels: Sequence[number_scans.Label], workers: int) -> dict[str, Any]:
