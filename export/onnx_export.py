@@ -161,7 +161,9 @@ def calibrate(model_path: Path, output: Path, data_dir: Path, seed: int = 1) -> 
     if producer is not None and producer.op_type == "Div" and producer.input[1] in inits:
         constant = inits[producer.input[1]]
         old = float(onnx.numpy_helper.to_array(constant))
-        constant.CopyFrom(onnx.numpy_helper.from_array(np.array(old * extra, np.float32), constant.name))
+        constant.CopyFrom(
+            onnx.numpy_helper.from_array(np.array(old * extra, np.float32), constant.name)
+        )
     else:
         name = softmax.input[0]
         constant = onnx.numpy_helper.from_array(np.array(extra, np.float32), "temperature")

@@ -3,9 +3,15 @@ review/error dial, on arrays small enough to check by hand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 
+from digit_inbox.daemon import cli, contract
+from digit_inbox.daemon.classifier import Classifier, embedded_model
+from digit_inbox.daemon.errors import ExitCode
 from digit_inbox.export import calibration
 
 
@@ -73,3 +79,16 @@ def test_files_held_for_review_are_never_counted_as_filed() -> None:
 def test_nothing_filed_is_no_error_and_everything_to_review() -> None:
     rows = calibration.risk_coverage(probs_for([1], [0.6]), np.array([2]), thresholds=[0.9])
     assert rows == pytest.approx([(0.9, 1.0, 0.0)])
+
+
+@pytest.mark.slow
+def test_calibrating_the_shipped_model_again_refits_its_one_temperature_in_place(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "again.onnx"
+    assert cli.main(["calibrate", str(embedded_model()), "-o", str(out)]) == ExitCode.OK
+    ops = [node.op_type for node in onnx.load(str(out)).graph.node]
+    assert ops[-3:] == ["Gemm", "Div", "Softmax"] and ops.count("Div") == 1
+    shipped = float(Classifier().metadata[contract.META_TEMPERATURE])
+    again = Classifier(out)
+    assert float(again.metadata[contract.META_TEMPERATURE]) == pytest.approx(shipped, rel=0.02)
