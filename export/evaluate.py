@@ -324,7 +324,7 @@ def format_sets(readings: Iterable[Reading]) -> str:
             "  min_confidence   to review   filed wrong (per 1,000 filed)",
         ]
         lines += [
-            f"  {t:>14.2f}   {review:>8.2%}   {1000 * error:>6.2f}"
+            f"  {t:>14g}   {review:>8.2%}   {1000 * error:>6.2f}"
             for t, review, error in r.risk_coverage()
         ]
     return "\n".join(lines)
@@ -368,7 +368,7 @@ def draw_reliability(readings: Sequence[Reading]) -> Image.Image:
 def draw_risk_coverage(readings: Sequence[Reading]) -> Image.Image:
     """Two panels against min_confidence: share sent to review, and filed files read wrong."""
     w, h, left, top = 420, 300, 70, 50
-    image = Image.new("RGB", (2 * (w + left) + 20, h + top + 90), WHITE)
+    image = Image.new("RGB", (2 * (w + left) + 50, h + top + 90), WHITE)
     draw = ImageDraw.Draw(image)
     font, small = _font(15), _font(11)
     colours = [BLUE, RED, (30, 140, 60), (140, 80, 160), (200, 120, 0)]
@@ -382,7 +382,7 @@ def draw_risk_coverage(readings: Sequence[Reading]) -> Image.Image:
             1000,
         ),
     ]
-    lo, hi = calibration.THRESHOLDS[0], calibration.THRESHOLDS[-1]
+    step = w / (len(calibration.THRESHOLDS) - 1)  # evenly spaced: the high end matters most
     for p, (title, column, top_value, scale) in enumerate(panels):
         x0 = 10 + p * (w + left) + left
         draw.text((x0, 12), title, fill=INK, font=font)
@@ -390,27 +390,23 @@ def draw_risk_coverage(readings: Sequence[Reading]) -> Image.Image:
         for frac in (0, 0.5, 1):
             y = top + h - frac * h
             draw.text((x0 - 6, y), f"{frac * top_value:.1f}", fill=INK, font=small, anchor="rm")
-        for t in calibration.THRESHOLDS:
-            x = x0 + (t - lo) / (hi - lo) * w
+        for i, t in enumerate(calibration.THRESHOLDS):
+            x = x0 + i * step
             draw.line((x, top + h, x, top + h + 4), fill=INK)
             draw.text((x, top + h + 6), f"{t:g}", fill=INK, font=small, anchor="mt")
         draw.text((x0 + w / 2, top + h + 22), "min_confidence", fill=INK, font=small, anchor="mt")
         for k, table in enumerate(tables):
             points = [
-                (x0 + (t - lo) / (hi - lo) * w, top + h - scale * row[column] / top_value * h)
-                for row in table
-                for t in [row[0]]
+                (x0 + i * step, top + h - scale * row[column] / top_value * h)
+                for i, row in enumerate(table)
             ]
             draw.line(points, fill=colours[k % len(colours)], width=2)
             for x, y in points:
                 draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colours[k % len(colours)])
     for k, r in enumerate(readings):
-        draw.text(
-            (10 + left + 200 * k, top + h + 50),
-            f"— {r.name}",
-            fill=colours[k % len(colours)],
-            font=font,
-        )
+        x, y = 10 + left + 200 * k, top + h + 58
+        draw.line((x, y, x + 24, y), fill=colours[k % len(colours)], width=3)
+        draw.text((x + 30, y), r.name, fill=colours[k % len(colours)], font=font, anchor="lm")
     return image
 
 
