@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from digit_inbox.daemon import rows
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
 from digit_inbox.daemon.errors import ExitCode, UsageError
 from digit_inbox.daemon.progress import Progress
@@ -37,7 +38,7 @@ def main(
     *,
     output: Path | None = None,
     model: Path | None = None,
-    min_confidence: float = 0.6,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     debug_dir: Path | None = None,
     workers: int | None = None,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digit_inbox.daemon import __version__
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.errors import DigitInboxError, ExitCode
 
 log = logging.getLogger("digit_inbox")
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--min-confidence",
         type=float,
-        default=0.6,
-        help="below this the status is low_confidence (default 0.6)",
+        default=DEFAULT_MIN_CONFIDENCE,
+        help=f"below this the status is low_confidence (default {DEFAULT_MIN_CONFIDENCE})",
     )
     classify.add_argument(
         "--max-pixels",
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
+        "--augment",
+        choices=["scans", "writers"],
+        default="scans",
+        help="scans: the shipped model's recipe; writers: also other writers' styles "
+        "(European 1 and 7, stretched, marker to hairline, 16x16/8x8, binarised)",
+    )
+    train.add_argument(
         "--dry-run",
         action="store_true",
         help="one epoch on 512 images: checks the pipeline in seconds",
@@ -114,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", type=Path, required=True)
     export.add_argument("--data-dir", help="MNIST folder for the parity check")
 
+    calibrate = sub.add_parser(
+        "calibrate", help="fit an ONNX model's softmax temperature on the validation split"
+    )
+    calibrate.add_argument("model", type=Path)
+    calibrate.add_argument("--output", "-o", type=Path, required=True)
+    calibrate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+    calibrate.add_argument("--seed", type=int, default=1, help="the seed the model trained with")
+
     data = sub.add_parser("mnist", help="verify the MNIST files (MD5), downloading missing ones")
     data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     data.add_argument("--download", action="store_true", help="fetch missing files first")
@@ -121,7 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
-    evaluate.add_argument("--output-dir", type=Path, help="write confusion.png, errors.png here")
+    evaluate.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write confusion.png, errors.png, reliability.png, risk-coverage.png here",
+    )
+    evaluate.add_argument(
+        "--scans",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read a folder of labelled scans (labels.csv: file,label) as the daemon does",
+    )
+    evaluate.add_argument(
+        "--usps", help="also read the USPS zip file's digits (default: $DIGIT_INBOX_USPS)"
+    )
     return parser
 
 
@@ -164,12 +195,19 @@ def dispatch(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             dry_run=args.dry_run,
+            writers=args.augment == "writers",
         )
         return ExitCode.OK
     if args.command == "export":
         from digit_inbox.export import mnist, onnx_export
 
         onnx_export.export(args.checkpoint, args.output, mnist.resolve_data_dir(args.data_dir))
+        return ExitCode.OK
+    if args.command == "calibrate":
+        from digit_inbox.export import mnist, onnx_export
+
+        data_dir = mnist.resolve_data_dir(args.data_dir)
+        onnx_export.calibrate(args.model, args.output, data_dir, seed=args.seed)
         return ExitCode.OK
     if args.command == "mnist":
         from digit_inbox.export import mnist
@@ -182,9 +220,15 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"{split}: {len(images)} images, MD5 verified ({data_dir})")
         return ExitCode.OK
     if args.command == "evaluate":
-        from digit_inbox.export import evaluate, mnist
+        from digit_inbox.export import evaluate, mnist, usps
 
-        return evaluate.main(args.model, mnist.resolve_data_dir(args.data_dir), args.output_dir)
+        return evaluate.main(
+            args.model,
+            mnist.resolve_data_dir(args.data_dir),
+            args.output_dir,
+            scans=args.scans,
+            usps_path=usps.resolve_path(args.usps),
+        )
     raise AssertionError(args.command)
 
 

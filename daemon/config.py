@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.decode import EXTENSIONS
 from digit_inbox.daemon.errors import ConfigError
 from digit_inbox.daemon.filing import NAME_MAX
@@ -297,7 +298,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
         "recognition": {
             "model": (optional(path), None),
             "model_sha256": (optional(sha256_hex), None),
-            "min_confidence": (real(0, 1), 0.6),
+            "min_confidence": (real(0, 1), DEFAULT_MIN_CONFIDENCE),
             "max_pixels": (integer(1, 2**40), 40_000_000),
             "batch_size": (integer(1, 4096), 32),
             "workers": (optional(integer(1, 256)), None),

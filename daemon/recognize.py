@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from digit_inbox.daemon import decode, preprocess
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.rows import Row, Status
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class Reader:
         self,
         model: Path | None = None,
         *,
-        min_confidence: float = 0.6,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         max_pixels: int = decode.DEFAULT_MAX_PIXELS,
         workers: int | None = None,
         batch_size: int = 64,

@@ -1,24 +1,30 @@
-"""Measure an ONNX model on the MNIST test set the way the daemon runs it: through onnxruntime.
+"""Measure an ONNX model the way the daemon runs it: through onnxruntime, and for scans and
+USPS through the daemon's own decoding and preprocessing, so the figures are what users get.
 
-Torch-free on purpose (the `Classifier` and the IDX reader only), so a deployed daemon can
+Torch-free on purpose (the `Classifier`, the IDX and USPS readers only), so a deployed daemon can
 check the model it ships. The PNGs are drawn with Pillow: no plotting library to install.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import os
 import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from digit_inbox.daemon import preprocess, recognize
 from digit_inbox.daemon.classifier import Classifier
 from digit_inbox.daemon.contract import NUM_CLASSES
-from digit_inbox.daemon.errors import ExitCode
-from digit_inbox.export import mnist
+from digit_inbox.daemon.errors import DataError, ExitCode
+from digit_inbox.export import calibration, mnist, usps
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +225,213 @@ def draw_errors(
     return gallery
 
 
-def main(model_path: Path | None, data_dir: Path, output_dir: Path | None) -> int:
-    """`digit-inbox evaluate`: print the report, optionally write confusion.png and errors.png."""
+# --- sets read as the daemon reads files -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One labelled set as the daemon decided it: probabilities where a digit was read, and the
+    files it sends to review whatever the model says (blank, unreadable, doubtful)."""
+
+    name: str
+    labels: np.ndarray  # int [N]
+    probs: np.ndarray  # float32 [N, 10]; rows of zeros where nothing was read
+    held: np.ndarray  # bool [N]: to review regardless of confidence
+
+    @property
+    def read(self) -> np.ndarray:
+        return np.asarray(self.probs.sum(1) > 0)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.read & (self.probs.argmax(1) == self.labels)))
+
+    @property
+    def ece(self) -> float:
+        return calibration.expected_calibration_error(self.probs[self.read], self.labels[self.read])
+
+    def risk_coverage(self) -> list[tuple[float, float, float]]:
+        return calibration.risk_coverage(self.probs, self.labels, held=self.held)
+
+
+def reading(
+    name: str,
+    classifier: Classifier,
+    labels: np.ndarray,
+    prepared: Sequence[tuple[np.ndarray | None, bool]],
+) -> Reading:
+    """(image or None, sent to review anyway) per file -> the set's Reading."""
+    probs = np.zeros((len(labels), NUM_CLASSES), np.float32)
+    read = [i for i, (image, _) in enumerate(prepared) if image is not None]
+    if read:
+        images = np.stack([prepared[i][0] for i in read]).astype(np.float32)[:, None]  # type: ignore[misc]
+        probs[read] = np.concatenate(
+            [classifier.predict(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
+        )
+    held = np.array([image is None or doubtful for image, doubtful in prepared], dtype=bool)
+    return Reading(name, labels.astype(np.int64), probs, held)
+
+
+def read_mnist(classifier: Classifier, split: mnist.Split, name: str) -> Reading:
+    """MNIST digits are already in the contract layout: straight to the model."""
+    prepared = [(image.astype(np.float32) / 255, False) for image in split.images]
+    return reading(name, classifier, split.labels, prepared)
+
+
+def _prepare_pages(pages: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, bool]]:
+    return [((p := preprocess.prepare(page)).image, bool(p.doubt)) for page in pages]
+
+
+def read_pages(classifier: Classifier, pages: np.ndarray, labels: np.ndarray, name: str) -> Reading:
+    """Small images (e.g. USPS 16x16, dark on white) prepared as a dropped file would be."""
+    chunks = [pages[i : i + 256] for i in range(0, len(pages), 256)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        prepared = [item for chunk in pool.map(_prepare_pages, chunks) for item in chunk]
+    return reading(name, classifier, labels, prepared)
+
+
+def _prepare_files(paths: Sequence[Path]) -> list[tuple[np.ndarray | None, bool]]:
+    return [((p := recognize.prepare_file(path)).image, p.doubtful) for path in paths]
+
+
+def read_labelled_folder(classifier: Classifier, folder: Path) -> Reading:
+    """A folder of scans with labels.csv (columns `file`, `label`), e.g. written by
+    `python bench/scans.py --preset varied`: decoded and prepared by the daemon's own code."""
+    try:
+        with (folder / "labels.csv").open(newline="") as f:
+            rows = [(row["file"], int(row["label"])) for row in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"{folder}: needs a labels.csv with columns file,label ({exc}); "
+            "write one with `python bench/scans.py --out DIR`"
+        ) from exc
+    paths = [folder / name for name, _ in rows]
+    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        prepared = [item for chunk in pool.map(_prepare_files, chunks) for item in chunk]
+    labels = np.array([label for _, label in rows], dtype=np.int64)
+    return reading(folder.name, classifier, labels, prepared)
+
+
+def format_sets(readings: Iterable[Reading]) -> str:
+    """Accuracy, calibration error and the review/error dial of every set, as plain text."""
+    lines = []
+    for r in readings:
+        lines += [
+            "",
+            f"{r.name}: {len(r.labels):,} files, accuracy {r.accuracy:.2%}, "
+            f"calibration error (ECE, {calibration.ECE_BINS} bins) {r.ece:.4f}",
+            "  min_confidence   to review   filed wrong (per 1,000 filed)",
+        ]
+        lines += [
+            f"  {t:>14g}   {review:>8.2%}   {1000 * error:>6.2f}"
+            for t, review, error in r.risk_coverage()
+        ]
+    return "\n".join(lines)
+
+
+def draw_reliability(readings: Sequence[Reading]) -> Image.Image:
+    """One reliability diagram per set: accuracy against confidence in 10 bins, the diagonal
+    is perfect calibration; bar area is not drawn to scale, the count is printed."""
+    side, pad, top = 300, 56, 60
+    image = Image.new("RGB", (len(readings) * (side + 2 * pad) or 1, side + top + pad + 10), WHITE)
+    draw = ImageDraw.Draw(image)
+    font, small = _font(15), _font(11)
+    for k, r in enumerate(readings):
+        x0, y1 = k * (side + 2 * pad) + pad, top + side
+        draw.text((x0, 10), r.name, fill=INK, font=font)
+        draw.text((x0, 30), f"ECE {r.ece:.4f}, {int(r.read.sum()):,} read", fill=INK, font=small)
+        draw.rectangle((x0, top, x0 + side, y1), outline=(160, 160, 160))
+        draw.line((x0, y1, x0 + side, top), fill=(160, 160, 160))
+        bins = calibration.reliability(r.probs[r.read], r.labels[r.read])
+        width = side / len(bins)
+        for b, (conf, acc, count) in enumerate(bins):
+            if not count:
+                continue
+            bx = x0 + b * width
+            draw.rectangle(
+                (bx + 2, y1 - acc * side, bx + width - 2, y1), fill=_mix(WHITE, BLUE, 0.6)
+            )
+            cy = y1 - conf * side
+            draw.line((bx + 2, cy, bx + width - 2, cy), fill=RED, width=2)
+            draw.text((bx + width / 2, y1 + 4), f"{count}", fill=INK, font=small, anchor="mt")
+        draw.text(
+            (x0 + side / 2, y1 + 22), "confidence (bins of 0.1)", fill=INK, font=small, anchor="mt"
+        )
+        draw.text((x0 - 6, top), "1", fill=INK, font=small, anchor="rm")
+        draw.text((x0 - 6, y1), "0", fill=INK, font=small, anchor="rm")
+    draw.text((8, image.height - 16), "blue: accuracy in the bin; red: mean confidence; "
+              "below each bar: files", fill=(90, 90, 90), font=small)  # fmt: skip
+    return image
+
+
+def draw_risk_coverage(readings: Sequence[Reading]) -> Image.Image:
+    """Two panels against min_confidence: share sent to review, and filed files read wrong."""
+    w, h, left, top = 420, 300, 70, 50
+    image = Image.new("RGB", (2 * (w + left) + 50, h + top + 90), WHITE)
+    draw = ImageDraw.Draw(image)
+    font, small = _font(15), _font(11)
+    colours = [BLUE, RED, (30, 140, 60), (140, 80, 160), (200, 120, 0)]
+    tables = [r.risk_coverage() for r in readings]
+    panels = [
+        ("sent to review (%)", 1, max([100 * row[1] for t in tables for row in t] + [1.0]), 100),
+        (
+            "filed wrong (per 1,000 filed)",
+            2,
+            max([1000 * row[2] for t in tables for row in t] + [1.0]),
+            1000,
+        ),
+    ]
+    step = w / (len(calibration.THRESHOLDS) - 1)  # evenly spaced: the high end matters most
+    for p, (title, column, top_value, scale) in enumerate(panels):
+        x0 = 10 + p * (w + left) + left
+        draw.text((x0, 12), title, fill=INK, font=font)
+        draw.rectangle((x0, top, x0 + w, top + h), outline=(160, 160, 160))
+        for frac in (0, 0.5, 1):
+            y = top + h - frac * h
+            draw.text((x0 - 6, y), f"{frac * top_value:.1f}", fill=INK, font=small, anchor="rm")
+        for i, t in enumerate(calibration.THRESHOLDS):
+            x = x0 + i * step
+            draw.line((x, top + h, x, top + h + 4), fill=INK)
+            draw.text((x, top + h + 6), f"{t:g}", fill=INK, font=small, anchor="mt")
+        draw.text((x0 + w / 2, top + h + 22), "min_confidence", fill=INK, font=small, anchor="mt")
+        for k, table in enumerate(tables):
+            points = [
+                (x0 + i * step, top + h - scale * row[column] / top_value * h)
+                for i, row in enumerate(table)
+            ]
+            draw.line(points, fill=colours[k % len(colours)], width=2)
+            for x, y in points:
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colours[k % len(colours)])
+    for k, r in enumerate(readings):
+        x, y = 10 + left + 200 * k, top + h + 58
+        draw.line((x, y, x + 24, y), fill=colours[k % len(colours)], width=3)
+        draw.text((x + 30, y), r.name, fill=colours[k % len(colours)], font=font, anchor="lm")
+    return image
+
+
+def main(
+    model_path: Path | None,
+    data_dir: Path,
+    output_dir: Path | None,
+    scans: Sequence[Path] = (),
+    usps_path: Path | None = None,
+) -> int:
+    """`digit-inbox evaluate`: print the report, optionally write the PNGs.
+
+    MNIST test always; each labelled scan folder and USPS when given: accuracy, calibration
+    error and the risk-coverage table (the `min_confidence` dial).
+    """
     classifier = Classifier(model_path)
     test = mnist.load_split(data_dir, "test")
     result = run(classifier, test.images, test.labels)
     print(format_report(classifier, result), flush=True)
+    readings = [read_mnist(classifier, test, "MNIST test")]
+    readings += [read_labelled_folder(classifier, folder) for folder in scans]
+    if usps_path is not None:
+        digits = usps.load(usps_path)
+        readings.append(read_pages(classifier, 255 - digits.images, digits.labels, "USPS"))
+    print(format_sets(readings), flush=True)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         matrix = confusion_matrix(result.labels, result.predictions)
@@ -233,5 +440,9 @@ def main(model_path: Path | None, data_dir: Path, output_dir: Path | None) -> in
         draw_errors(
             test.images, test.labels, result.probs, title=f"Misclassified digits, {title}"
         ).save(output_dir / "errors.png", optimize=True)
-        log.info("wrote %s and %s", output_dir / "confusion.png", output_dir / "errors.png")
+        draw_reliability(readings).save(output_dir / "reliability.png", optimize=True)
+        draw_risk_coverage(readings).save(output_dir / "risk-coverage.png", optimize=True)
+        log.info(
+            "wrote confusion.png, errors.png, reliability.png, risk-coverage.png in %s", output_dir
+        )
     return ExitCode.OK

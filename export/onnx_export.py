@@ -54,10 +54,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+class Temperature(nn.Module):
+    """logits / T: one Div node between the classifier's last Gemm and the Softmax."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = nn.Buffer(torch.tensor(temperature, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature
+
+
 def export(checkpoint_path: Path, output: Path, data_dir: Path) -> dict[str, str]:
     """Write the ONNX file, verify it against torch on 1,000 test images, return its metadata."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = nn.Sequential(train.build(checkpoint["arch"], checkpoint["state_dict"]), nn.Softmax(1))
+    temperature = float(checkpoint.get("temperature", 1.0))
+    model = nn.Sequential(
+        train.build(checkpoint["arch"], checkpoint["state_dict"]),
+        Temperature(temperature),
+        nn.Softmax(1),
+    )
     model.eval()
     test = mnist.load_split(data_dir, "test")
     images = train.to_tensor(test.images[:PARITY_IMAGES], "cpu")
@@ -84,6 +100,8 @@ def export(checkpoint_path: Path, output: Path, data_dir: Path) -> dict[str, str
         contract.META_VAL_ACC: f"{checkpoint['val_accuracy']:.4f}",
         contract.META_TEST_ACC: f"{checkpoint['test_accuracy']:.4f}",
         contract.META_TRAIN_MD5: checkpoint["train_data_md5"],
+        contract.META_TEMPERATURE: f"{temperature:.4f}",
+        contract.META_VAL_ECE: f"{checkpoint.get('val_ece', float('nan')):.4f}",
         contract.META_CREATED: created,
         contract.META_GIT: git_commit(),
     }
@@ -114,3 +132,65 @@ def export(checkpoint_path: Path, output: Path, data_dir: Path) -> dict[str, str
 
 
 __all__ = ["DataError", "export"]
+
+
+def calibrate(model_path: Path, output: Path, data_dir: Path, seed: int = 1) -> float:
+    """Fit a temperature for an existing ONNX model on the validation split of `seed`, and write
+    the model with it inside the graph (Gemm -> Div(T) -> Softmax) and in its metadata.
+
+    For models exported before calibration existed; a model already holding a temperature gets
+    it refitted in place. Returns the temperature now in the graph.
+    """
+    from digit_inbox.daemon.classifier import Classifier
+    from digit_inbox.export import calibration, evaluate
+
+    classifier = Classifier(model_path)
+    split = mnist.load_split(data_dir, "train")
+    val_idx, _ = train.split_indices(len(split.labels), seed)
+    probs = evaluate.run(classifier, split.images[val_idx], split.labels[val_idx]).probs
+    labels = split.labels[val_idx].astype(np.int64)
+    extra = calibration.fit_temperature(calibration.logits_from_probs(probs), labels)
+
+    graph = onnx.load(str(model_path))
+    softmax = next((n for n in graph.graph.node if n.op_type == "Softmax"), None)
+    if softmax is None:
+        raise ModelError(f"{model_path}: no Softmax node to put a temperature in front of")
+    inits = {i.name: i for i in graph.graph.initializer}
+    producer = next((n for n in graph.graph.node if softmax.input[0] in n.output), None)
+    old = 1.0
+    if producer is not None and producer.op_type == "Div" and producer.input[1] in inits:
+        constant = inits[producer.input[1]]
+        old = float(onnx.numpy_helper.to_array(constant))
+        constant.CopyFrom(
+            onnx.numpy_helper.from_array(np.array(old * extra, np.float32), constant.name)
+        )
+    else:
+        name = softmax.input[0]
+        constant = onnx.numpy_helper.from_array(np.array(extra, np.float32), "temperature")
+        graph.graph.initializer.append(constant)
+        div = onnx.helper.make_node(
+            "Div", [name, "temperature"], [name + "_scaled"], name="Temperature"
+        )
+        softmax.input[0] = name + "_scaled"
+        graph.graph.node.insert(list(graph.graph.node).index(softmax), div)
+    temperature = old * extra
+    calibrated = calibration.softmax(calibration.logits_from_probs(probs) / extra)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    digest = hashlib.sha256(graph.graph.SerializeToString()).hexdigest()[:12]
+    meta[contract.META_MODEL_ID] = f"{meta.get(contract.META_ARCH, 'model')}-{digest}"
+    meta[contract.META_TEMPERATURE] = f"{temperature:.4f}"
+    meta[contract.META_VAL_ECE] = (
+        f"{calibration.expected_calibration_error(calibrated, labels):.4f}"
+    )
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    tmp = output.with_name(output.name + ".tmp")
+    onnx.save(graph, str(tmp))
+    tmp.replace(output)
+    log.info(
+        "wrote %s: temperature %.4f, validation ECE %s (was %.4f)", output, temperature,
+        meta[contract.META_VAL_ECE], calibration.expected_calibration_error(probs, labels),
+    )  # fmt: skip
+    return temperature

@@ -1,7 +1,8 @@
 """Train a digit model on MNIST: `Net`, `train_epoch`, `evaluate`, `train` — readable in one screen.
 
-The validation split is carved from the 60k training images with the seed; the 10k test set is
-only measured at the end, for the report, and never steers training.
+The validation split is carved from the 60k training images with the seed; it steers nothing in
+training but fits the confidence temperature at the end. The 10k test set is only measured at
+the end, for the report.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from digit_inbox.daemon.contract import CONTRACT_VERSION, IMAGE_SIZE
-from digit_inbox.export import mnist
+from digit_inbox.export import calibration, mnist
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,92 @@ def softmax_regression() -> nn.Module:
 
 
 ARCHITECTURES = {"cnn": cnn, "softmax": softmax_regression}
+
+
+def strokes(x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
+    """Synthesise European writing from MNIST strokes: a long flag on some 1s, a bar across some 7s.
+
+    The flag runs down-left from the top of the 1's ink; the bar crosses the 7's stem halfway
+    down its ink. Both are drawn as anti-aliased segments with the digit's own pen width.
+    """
+    n, dev = x.shape[0], x.device
+    ink = x[:, 0] > 0.5  # [N, 28, 28]
+    rows = ink.any(2).float()
+    has_ink = rows.sum(1) > 0
+    coords = torch.arange(IMAGE_SIZE, device=dev, dtype=torch.float32)
+    top = torch.where(has_ink, (rows * (1e3 - coords)).argmax(1).float(), torch.full((n,), 14.0))
+    bottom = torch.where(has_ink, (rows * coords).argmax(1).float(), torch.full((n,), 14.0))
+
+    def centre_of(row: Tensor) -> Tensor:
+        line = ink[torch.arange(n, device=dev), row.long()].float()
+        return (line * coords).sum(1) / line.sum(1).clamp(min=1)
+
+    def rand(lo: float, hi: float) -> Tensor:
+        return torch.rand(n, generator=g, device=dev) * (hi - lo) + lo
+
+    width = rand(1.4, 2.4)
+    flag = (y == 1) & (torch.rand(n, generator=g, device=dev) < 0.4) & has_ink
+    top_x = centre_of(top)
+    length, angle = rand(5.0, 10.0), rand(0.35, 0.9)  # 20°..50° below the horizontal
+    flag_end = (top_x - length * torch.cos(angle), top + length * torch.sin(angle))
+    bar = (y == 7) & (torch.rand(n, generator=g, device=dev) < 0.4) & has_ink
+    mid = ((top + bottom) / 2 + rand(-1.5, 1.5)).clamp(0, IMAGE_SIZE - 1)
+    stem_x, half = centre_of(mid), rand(3.0, 6.0)
+    starts = torch.where(flag, top_x, stem_x - half), torch.where(flag, top, mid)
+    ends = torch.where(flag, flag_end[0], stem_x + half), torch.where(flag, flag_end[1], mid)
+    return torch.maximum(x, segment(starts, ends, width) * (flag | bar).float().view(n, 1, 1, 1))
+
+
+def segment(start: tuple[Tensor, Tensor], end: tuple[Tensor, Tensor], width: Tensor) -> Tensor:
+    """[N, 1, 28, 28] ink of one anti-aliased line segment per image (pixel coordinates)."""
+    coords = torch.arange(IMAGE_SIZE, device=width.device, dtype=torch.float32)
+    px, py = coords.view(1, 1, -1), coords.view(1, -1, 1)
+    x0, y0 = (v.view(-1, 1, 1) for v in start)
+    dx, dy = ((e - s).view(-1, 1, 1) for s, e in zip(start, end, strict=True))
+    t = (((px - x0) * dx + (py - y0) * dy) / (dx * dx + dy * dy).clamp(min=1e-6)).clamp(0, 1)
+    dist = torch.hypot(px - x0 - t * dx, py - y0 - t * dy)
+    return (width.view(-1, 1, 1) / 2 + 0.5 - dist).clamp(0, 1).unsqueeze(1)
+
+
+def other_writers(x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
+    """Styles MNIST has few of, before `augment`: European 1s and 7s, digits stretched to fill a
+    form box (unequal x/y scale), elastic wobble; after it, see `stored`."""
+    n, dev = x.shape[0], x.device
+
+    def u(lo: float, hi: float) -> Tensor:
+        return torch.rand(n, generator=g, device=dev) * (hi - lo) + lo
+
+    def some(p: float) -> Tensor:
+        return (torch.rand(n, generator=g, device=dev) < p).float()
+
+    x = strokes(x, y, g)
+    stretch = torch.exp(u(-0.45, 0.45) * some(0.4))  # width:height up to 1.6x either way
+    sx, sy = stretch.sqrt(), 1 / stretch.sqrt()
+    fit = torch.maximum(sx, sy)  # the longer side keeps its size, as the 20x20 box does
+    zero = torch.zeros(n, device=dev)
+    theta = torch.stack(
+        [torch.stack([fit / sx, zero, zero], 1), torch.stack([zero, fit / sy, zero], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    wobble = torch.randn(n, 2, 4, 4, generator=g, device=dev) * 0.03 * some(0.5).view(n, 1, 1, 1)
+    grid = grid + F.interpolate(wobble, size=x.shape[-2:], mode="bicubic").permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def stored(x: Tensor, g: torch.Generator) -> Tensor:
+    """After `augment`: marker and hairline pens, 16x16 and 8x8 storage, binarised scans."""
+    n, dev = x.shape[0], x.device
+
+    def some(p: float) -> Tensor:
+        return (torch.rand(n, 1, 1, 1, generator=g, device=dev) < p).float()
+
+    x = x + some(0.1) * (F.max_pool2d(x, 5, 1, 2) - x)  # marker
+    x = x + some(0.05) * (((x - 0.6) / 0.4).clamp(min=0) - x)  # hairline: the stroke's core
+    for side, p in ((22, 0.15), (11, 0.08)):  # 16x16, 8x8 digits (20 px box in 28) scaled up
+        small = F.interpolate(x, size=(side, side), mode="area")
+        x = x + some(p) * (F.interpolate(small, size=x.shape[-2:], mode="bilinear") - x)
+    threshold = torch.rand(n, 1, 1, 1, generator=g, device=dev) * 0.3 + 0.3
+    return x + some(0.1) * ((x > threshold).float() - x)  # binarised
 
 
 def augment(x: Tensor, g: torch.Generator) -> Tensor:
@@ -95,6 +182,7 @@ def train_epoch(
     g: torch.Generator,
     augmented: bool,
     max_batches: int | None = None,
+    writers: bool = False,
 ) -> tuple[float, float]:
     model.train()
     order = torch.randperm(len(x), generator=g, device=x.device)
@@ -104,10 +192,14 @@ def train_epoch(
             break
         idx = order[start : start + batch_size]
         xb, yb = x[idx], y[idx]
-        if augmented:
+        if augmented and writers:
+            xb = stored(augment(other_writers(xb, yb, g), g), g)
+        elif augmented:
             xb = augment(xb, g)
         logits = model(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=0.05 if augmented else 0.0)
+        # Label smoothing caps the confidence below 1; the temperature undoes most of it.
+        smoothing = 0.05 if augmented and not writers else 0.0
+        loss = F.cross_entropy(logits, yb, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -117,6 +209,12 @@ def train_epoch(
         correct += int((logits.argmax(1) == yb).sum())
         seen += len(idx)
     return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -130,6 +228,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return loss / len(x), correct / len(x)
 
 
+def split_indices(count: int, seed: int, val_size: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices into the 60k training images, drawn with the seed."""
+    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return perm[:val_size].numpy(), perm[val_size:].numpy()
+
+
 def train(
     data_dir: Path,
     output: Path,
@@ -141,8 +245,13 @@ def train(
     device: str = "cpu",
     val_size: int = 5000,
     dry_run: bool = False,
+    writers: bool = False,
 ) -> dict[str, Any]:
-    """Train, save a checkpoint with its metrics, and return them."""
+    """Train, save a checkpoint with its metrics, and return them.
+
+    `writers` adds the other writers' styles (`other_writers`, `stored`) to the scan augmentation
+    and drops label smoothing.
+    """
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     is_cnn = arch == "cnn"
@@ -154,8 +263,7 @@ def train(
     train_split = mnist.load_split(data_dir, "train")
     test_split = mnist.load_split(data_dir, "test")
     g = torch.Generator(device=device).manual_seed(seed)
-    perm = torch.randperm(len(train_split.labels), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:val_size].numpy(), perm[val_size:].numpy()
+    val_idx, train_idx = split_indices(len(train_split.labels), seed, val_size)
     if dry_run:
         train_idx, val_idx, epochs = train_idx[:512], val_idx[:256], 1
     x_train = to_tensor(train_split.images[train_idx], device)
@@ -176,8 +284,9 @@ def train(
     started = time.monotonic()
     for epoch in range(1, epochs + 1):
         loss, acc = train_epoch(
-            model, optimizer, scheduler, x_train, y_train, batch_size, g, augmented=is_cnn
-        )
+            model, optimizer, scheduler, x_train, y_train, batch_size, g, augmented=is_cnn,
+            writers=writers,
+        )  # fmt: skip
         val_loss, val_acc = evaluate(model, x_val, y_val)
         elapsed = time.monotonic() - started
         eta = elapsed / epoch * (epochs - epoch)
@@ -191,8 +300,18 @@ def train(
     _, test_acc = evaluate(model, x_test, y_test)
     log.info("final  val_acc %.4f  test_acc %.4f (test measured once, for the report)",
              val_acc, test_acc)  # fmt: skip
+    # Confidence should be the probability of being right: one temperature, fitted on validation.
+    val_logits = logits_of(model, x_val).numpy()
+    temperature = calibration.fit_temperature(val_logits, y_val.numpy())
+    val_ece = calibration.expected_calibration_error(
+        calibration.softmax(val_logits / temperature), y_val.numpy()
+    )
+    log.info("temperature %.3f  validation ECE %.4f", temperature, val_ece)
     result = {
         "arch": arch,
+        "augment": "writers" if writers else "scans",
+        "temperature": temperature,
+        "val_ece": val_ece,
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.scans import write_set
 from digit_inbox.daemon.classifier import Classifier
+from digit_inbox.daemon.errors import DataError
 from digit_inbox.export import evaluate, mnist
+from tests.helpers import mnist_test_digits
 
 
 def one_hot(predictions: list[int], confidence: float = 0.9) -> np.ndarray:
@@ -80,11 +83,50 @@ def test_the_most_confident_mistakes_come_first() -> None:
     assert np.asarray(first_tile).min() < 50
 
 
-def test_main_writes_both_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert evaluate.main(None, mnist.resolve_data_dir(None), tmp_path / "out") == 0
-    assert (
-        "confusion matrix (rows: true digit, columns: predicted digit)" in capsys.readouterr().out
-    )
-    for name in ("confusion.png", "errors.png"):
-        with Image.open(tmp_path / "out" / name) as picture:
+def tiny_usps_file(path: Path, count: int) -> Path:
+    """`count` MNIST test digits in the USPS text format (16x16, -1 = paper)."""
+    images, labels = mnist_test_digits()
+    lines = []
+    for image, label in zip(images[:count], labels[:count], strict=True):
+        small = np.asarray(Image.fromarray(image).resize((16, 16), Image.Resampling.BOX))
+        values = small.astype(np.float64).ravel() / 127.5 - 1
+        lines.append(" ".join(f"{v:.4f}" for v in [float(label), *values]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_main_reads_every_set_and_writes_the_four_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scans = tmp_path / "scans"
+    write_set(scans, 8, seed=5, preset="varied")
+    usps_file = tiny_usps_file(tmp_path / "usps.txt", 20)
+    out = tmp_path / "out"
+    assert evaluate.main(None, mnist.resolve_data_dir(None), out, [scans], usps_file) == 0
+    printed = capsys.readouterr().out
+    assert "confusion matrix (rows: true digit, columns: predicted digit)" in printed
+    for name in ("MNIST test: 10,000 files", "scans: 8 files", "USPS: 20 files"):
+        assert name in printed
+    assert printed.count("min_confidence   to review") == 3
+    for name in ("confusion.png", "errors.png", "reliability.png", "risk-coverage.png"):
+        with Image.open(out / name) as picture:
             assert picture.format == "PNG" and picture.size[0] > 500
+
+
+def test_a_scan_folder_without_labels_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"labels\.csv"):
+        evaluate.read_labelled_folder(Classifier(), tmp_path)
+
+
+def test_blank_and_doubtful_files_go_to_review_and_count_as_not_read() -> None:
+    images, labels = mnist_test_digits()
+    prepared = [
+        (images[0].astype(np.float32) / 255, False),
+        (None, False),
+        (images[2] / 255.0, True),
+    ]
+    r = evaluate.reading("set", Classifier(), labels[:3], prepared)
+    assert r.read.tolist() == [True, False, True] and r.held.tolist() == [False, True, True]
+    assert r.accuracy == pytest.approx(2 / 3)
+    assert r.risk_coverage()[0][1] == pytest.approx(2 / 3)

@@ -74,6 +74,17 @@ def test_metadata_names_the_contract_version_and_the_model(
     assert float(classifier.metadata[contract.META_VAL_ACC]) >= ACCURACY_FLOOR[name]
 
 
+def test_the_shipped_cnn_divides_its_logits_by_the_fitted_temperature_before_the_softmax() -> None:
+    graph = onnx.load(str(SHIPPED["digits"]))
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops[-3:] == ["Gemm", "Div", "Softmax"]
+    divisor = next(i for i in graph.graph.initializer if i.name == graph.graph.node[-2].input[1])
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    temperature = float(metadata[contract.META_TEMPERATURE])
+    assert float(numpy_helper.to_array(divisor)) == pytest.approx(temperature, rel=1e-3)
+    assert 0 <= float(metadata[contract.META_VAL_ECE]) <= 0.015
+
+
 def test_the_model_file_is_small(shipped: tuple[str, Classifier]) -> None:
     name, _ = shipped
     assert SHIPPED[name].stat().st_size <= MAX_BYTES

@@ -44,6 +44,8 @@ def test_a_cnn_dry_run_exports_and_evaluates_like_torch(
     assert classifier.model_id.startswith("cnn-")
     assert classifier.metadata[contract.META_CONTRACT] == contract.CONTRACT_VERSION
     assert classifier.metadata[contract.META_TRAIN_MD5] == mnist.data_fingerprint()
+    temperature = float(classifier.metadata[contract.META_TEMPERATURE])
+    assert temperature == pytest.approx(checkpoint["temperature"], rel=1e-3)
 
     capsys.readouterr()
     assert cli.main(["evaluate", str(model), "--output-dir", str(tmp_path)]) == ExitCode.OK
@@ -102,3 +104,28 @@ def test_evaluating_a_missing_model_is_a_model_error(
 ) -> None:
     assert cli.main(["evaluate", str(tmp_path / "missing.onnx")]) == ExitCode.MODEL
     assert "missing.onnx" in caplog.text
+
+
+def test_other_writers_styles_draw_flags_on_ones_and_bars_on_sevens_only() -> None:
+    from digit_inbox.export import train
+
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, 0, 6:22, 13:15] = 1.0  # a vertical stroke, as in a 1 or a 7's stem
+    y = torch.tensor([1, 7, 4])
+    g = torch.Generator().manual_seed(0)
+    drawn = [train.strokes(x, y, g) for _ in range(20)]
+    added = torch.stack([(d - x).clamp(min=0).sum((1, 2, 3)) for d in drawn])  # [20, 3]
+    assert (added[:, 0] > 0).any() and (added[:, 1] > 0).any()
+    assert (added[:, 2] == 0).all()
+    assert all(((d >= 0) & (d <= 1)).all() for d in drawn)
+
+
+def test_the_writers_augmentation_keeps_the_contract_shape_and_range() -> None:
+    from digit_inbox.export import train
+
+    x = torch.rand(16, 1, 28, 28)
+    y = torch.arange(16) % 10
+    g = torch.Generator().manual_seed(1)
+    out = train.stored(train.augment(train.other_writers(x, y, g), g), g)
+    assert out.shape == x.shape
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
