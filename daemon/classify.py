@@ -1,4 +1,4 @@
-"""`digit-inbox classify PATH...`: read the digit in each image file, one CSV row per file.
+"""`digit-inbox classify PATH...`: read the number in each image file, one CSV row per file.
 
 Rows stream out as batches finish, so a folder of 10,000 scans shows progress at once. With
 `--output` the CSV is written to a temporary file beside it and renamed at the end: a reader of
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from digit_inbox.daemon import rows
+from digit_inbox.daemon import reading, rows
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
 from digit_inbox.daemon.errors import ExitCode, UsageError
 from digit_inbox.daemon.recognize import Reader
@@ -36,9 +36,14 @@ def main(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     debug_dir: Path | None = None,
     workers: int | None = None,
+    digits: str = "auto",
 ) -> int:
     """Classify files and folders; exit 0 when every file was read, 1 when any was an error."""
     check_options(min_confidence, max_pixels, workers)
+    try:
+        expected = reading.parse_expected(digits)
+    except ValueError as exc:
+        raise UsageError(f"--digits {exc}") from None
     items = collect(paths)
     if not items:
         log.warning("no image files found in %s", ", ".join(map(str, paths)))
@@ -50,6 +55,7 @@ def main(
         max_pixels=max_pixels,
         workers=workers,
         debug_dir=debug_dir,
+        digits=expected,
     ) as reader, open_output(output) as out:  # fmt: skip
         out.write(rows.header_line())
         for row in reader.iter_read(items):

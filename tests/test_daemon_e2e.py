@@ -74,7 +74,7 @@ def test_copied_renamed_and_slowly_written_files_are_each_read_whole_once(start_
             time.sleep(0.05)
     rows = {r["file"]: r for r in daemon.wait_rows(3)}
     assert rows["slow.png"]["sha256"] == hashlib.sha256(slow).hexdigest()
-    assert rows["slow.png"]["status"] == "ok" and rows["slow.png"]["digit"] == str(slow_label)
+    assert rows["slow.png"]["status"] == "ok" and rows["slow.png"]["digits"] == str(slow_label)
     assert rows["renamed.png"]["sha256"] == hashlib.sha256(renamed).hexdigest()
     for row in rows.values():
         assert (daemon.folders.root / "var" / row["moved_to"]).is_file()
