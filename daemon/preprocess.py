@@ -934,8 +934,11 @@ def stacked(c: Components) -> list[list[int]]:
     h, w = y1 - y0, x1 - x0
     overlap = np.minimum(x1[:, None], x1[None, :]) - np.maximum(x0[:, None], x0[None, :])
     gap = np.maximum(y0[:, None], y0[None, :]) - np.minimum(y1[:, None], y1[None, :])
-    join = (overlap >= STACKED_OVERLAP * np.minimum(w[:, None], w[None, :])) & (
-        gap <= STACKED_GAP * np.maximum(h[:, None], h[None, :])
+    narrow, wide = np.minimum(w[:, None], w[None, :]), np.maximum(w[:, None], w[None, :])
+    join = (
+        (overlap >= STACKED_OVERLAP * narrow)
+        & (gap <= STACKED_GAP * np.maximum(h[:, None], h[None, :]))
+        & ((gap <= 0) | (wide <= 2 * narrow))  # not an underline below a digit
     )
     parent = list(range(len(keep)))
 
@@ -980,19 +983,20 @@ def alternatives(whole: Digit, strong: np.ndarray, typical: float) -> list[list[
 
 
 def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
-    """Columns to cut a mark into k digits: for two, the three thinnest columns in its middle
-    part; for three, the thinnest near each third."""
+    """Columns to cut a mark into k digits. For two: evenly spaced through its middle part
+    and its two thinnest columns there (the thinnest column is often the middle of a 0, not
+    where two digits touch, so the model chooses among them all); for three: the thinnest
+    column near each third."""
     w = len(profile)
     if k == 2:
         lo, hi = round(0.3 * w), round(0.7 * w)
-        order = lo + np.argsort(profile[lo:hi], kind="stable")
-        picked: list[int] = []
-        for x in order.tolist():
-            if all(abs(x - p) >= max(2, 0.08 * w) for p in picked):
+        picked = [round(f * w) for f in np.linspace(0.32, 0.68, 5)]
+        for x in (lo + np.argsort(profile[lo:hi], kind="stable")).tolist():
+            if all(abs(x - p) >= max(2, 0.04 * w) for p in picked):
                 picked.append(x)
-            if len(picked) == 3:
+            if len(picked) == 7:
                 break
-        return [[x] for x in picked]
+        return [[x] for x in sorted(picked)]
     cuts = []
     for low, high in ((0.2, 0.45), (0.55, 0.8)):
         a, b = round(low * w), max(round(high * w), round(low * w) + 1)

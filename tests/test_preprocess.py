@@ -355,3 +355,68 @@ def test_debug_steps_show_the_way_to_the_digit():
     assert [digit for _, digit in prepared.marks].count(True) == 1
     strip = preprocess.strip(prepared.steps, "ok; 7 (0.990)", prepared.marks, [], height=80)
     assert strip.shape[0] > 80 and strip.shape[2] == 3 and strip.dtype == np.uint8
+
+
+def digits_of(pixels: np.ndarray) -> int:
+    """How many digits preprocessing finds (a mark offered cut in pieces counts once)."""
+    return len(preprocess.prepare(pixels).slots)
+
+
+def number(*extra) -> np.ndarray:
+    """A page with 7 0 written side by side, and `extra(draw)` strokes around them."""
+
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        zero(draw, 120, 50, 80, 8)
+        for stroke in extra:
+            stroke(draw)
+
+    return scan(shape=None, page=(200, 320), clutter=marks)
+
+
+def test_separators_dashes_and_underlines_are_not_digits():
+    def point(draw: ImageDraw.ImageDraw) -> None:
+        draw.ellipse([104, 122, 114, 132], fill=BLACK)
+
+    def dash(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(190, 95), (230, 95)], BLACK, 8)
+
+    def underline(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(36, 145), (176, 147)], BLACK, 5)
+
+    assert digits_of(number()) == 2
+    for stroke in (point, dash, underline):
+        prepared = preprocess.prepare(number(stroke), debug=True)
+        assert len(prepared.slots) == 2, stroke.__name__
+        assert similarity(prepared.images[1], read(scan(shape=zero, at=(120, 50)))) > 0.9
+
+
+def test_two_lines_come_out_top_line_first():
+    def lines(draw: ImageDraw.ImageDraw) -> None:
+        zero(draw, 40, 30, 70, 7)  # top line: 0 7
+        seven(draw, 110, 30, 70, 7)
+        seven(draw, 40, 140, 70, 7)  # bottom line: 7 0 0, a little tilted
+        zero(draw, 110, 146, 70, 7)
+        zero(draw, 175, 152, 70, 7)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(260, 300), clutter=lines))
+    assert prepared.lines == [0, 0, 1, 1, 1]
+    zero_alone = read(scan(shape=zero, size=70, width=7))
+    shapes = [similarity(prepared.images[a[0][0]], zero_alone) > 0.9 for a in prepared.slots]
+    assert shapes == [True, False, False, True, True]
+
+
+def test_a_touching_pair_is_offered_cut_in_two():
+    def pair(draw: ImageDraw.ImageDraw) -> None:
+        zero(draw, 40, 50, 80, 8)
+        zero(draw, 88, 50, 80, 8)  # overlaps the first 0's right side
+
+    prepared = preprocess.prepare(scan(shape=None, page=(200, 240), clutter=pair))
+    (slot,) = prepared.slots
+    assert len(slot[0]) == 1 and any(len(pieces) == 2 for pieces in slot)
+    zero_alone = read(scan(shape=zero))
+    best = max(
+        (pieces for pieces in slot if len(pieces) == 2),
+        key=lambda p: min(similarity(prepared.images[i], zero_alone) for i in p),
+    )
+    assert all(similarity(prepared.images[i], zero_alone) > 0.8 for i in best)
