@@ -877,7 +877,7 @@ def read_marks(
         outside = (
             (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
         )
-        return Reading([alternatives(single, strong, 0)], [0], [as_box(b) for b in boxes[outside]])
+        return Reading([alternatives(single, strong)], [0], [as_box(b) for b in boxes[outside]])
     table = np.zeros(n + 1, np.int32)
     positions, line_of = [], []
     for number, line in enumerate(lines):
@@ -887,7 +887,7 @@ def read_marks(
             whole = digit_of(table[labels].astype(bool), strong, t)
             if whole is None:
                 continue
-            positions.append(alternatives(whole, strong, typical))
+            positions.append(alternatives(whole, strong, typical, float(np.median(w[order]))))
             line_of.append(number)
     dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit)]
     return Reading(positions, line_of, dropped)
@@ -956,13 +956,17 @@ def stacked(c: Components) -> list[list[int]]:
     return list(groups.values())
 
 
-def alternatives(whole: Digit, strong: np.ndarray, typical: float) -> list[list[Digit]]:
-    """A mark as one digit, and, when it is too wide for one, cut into two or three digits at
-    the thinnest columns (over-segmentation: the model's probabilities choose)."""
+def alternatives(
+    whole: Digit, strong: np.ndarray, typical: float = 0, width: float = 0
+) -> list[list[Digit]]:
+    """A mark as one digit, and, when it is too wide for one, cut into two or three digits
+    (over-segmentation: the model's probabilities choose). Too wide: wider than WIDE times its
+    height (or the typical digit's), and, among other digits, half as wide again as they are
+    (a flat 5 among narrow digits is one digit)."""
     y0, x0, y1, x1 = whole.box
     h, w = y1 - y0, x1 - x0
     height = max(h, 0.8 * typical)
-    if w <= WIDE * height:
+    if w <= WIDE * height or w <= 1.5 * width:
         return [[whole]]
     found: list[list[Digit]] = [[whole]]  # a wide single digit (a flat 2, a 0) stays a choice
     profile = whole.mask[y0:y1, x0:x1].sum(axis=0)
