@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -90,6 +91,26 @@ def test_a_number_of_two_digits_is_read_as_a_number(capsys, tmp_path):
     first, second = (float(c) for c in row["digit_confidences"].split())
     assert float(row["confidence"]) == pytest.approx(first * second, abs=2e-4)
     assert len(row["runner_up"]) == 2 and row["runner_up"] != "42"
+
+
+NUMBERS = Path(__file__).parent / "data" / "number-samples"
+
+
+def test_committed_numbers_are_read_whole_with_the_documented_header(capsys):
+    text = (NUMBERS / "labels.csv").read_text()
+    labels = {r["file"]: r["digits"] for r in csv.DictReader(io.StringIO(text))}
+    code, out, _ = classify(capsys, str(NUMBERS))
+    assert code == ExitCode.OK
+    assert out.splitlines()[0] == (
+        "time,file,status,digits,confidence,runner_up,runner_up_confidence,"
+        "digit_confidences,note,error,width,height,sha256,model,ms,moved_to,duplicate_of"
+    )
+    found = {row["file"]: row for row in parse(out)}
+    assert {name: row["digits"] for name, row in found.items()} == labels
+    for row in found.values():
+        confidences = [float(c) for c in row["digit_confidences"].split()]
+        assert len(confidences) == len(row["digits"].replace(" ", ""))
+        assert float(row["confidence"]) == pytest.approx(np.prod(confidences), abs=5e-4)
 
 
 def test_a_reading_of_another_length_than_expected_goes_to_review(capsys, tmp_path):
