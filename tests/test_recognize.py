@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from digit_inbox.daemon import recognize
-from digit_inbox.daemon.rows import Status
+from digit_inbox.daemon.rows import Row, Status
 from tests.helpers import mnist_test_digits, wait_until
 
 
@@ -160,6 +160,16 @@ def test_debug_strips_are_written_per_file(tmp_path):
     strips = sorted(debug.iterdir())
     assert [p.name for p in strips] == sorted(f"a__{name}.png" for _, name, _ in files)
     assert Image.open(strips[0]).height > 28
+
+
+def test_the_strip_caption_says_what_was_read_or_why_nothing_was():
+    blank = Row("b.png", Status.BLANK, note="no ink darker than the paper")
+    assert recognize.result(blank) == "blank: no ink darker than the paper"
+    row = Row("n.png", Status.LOW_CONFIDENCE, digits="42", confidence=0.5, runner_up="47")
+    row.runner_up_confidence, row.note = 0.2, "digit 2 of 2 is unsure (0.52)"
+    caption = recognize.result(row)
+    assert caption.startswith("low_confidence; 42 (0.500); runner-up 47 (0.200)")
+    assert caption.endswith("digit 2 of 2 is unsure (0.52)")
 
 
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
