@@ -851,6 +851,8 @@ def digit_of(mask: np.ndarray, strong: np.ndarray, t: float) -> Digit | None:
 STACKED_OVERLAP = 0.5  # of the narrower piece's width, overlapping left to right
 STACKED_GAP = 0.15  # of the taller piece's height, at most, between them
 DIGIT_HEIGHT = 0.5  # of the typical digit's height
+BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
+FLAG_GAP = 0.15  # of the digit's height, at most, between a detached flag and its digit
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
 
 
@@ -868,8 +870,18 @@ def read_marks(
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     big = area >= 0.2 * area.max()
     typical = float(np.median(h[big]))
-    blob = (area >= 0.7 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w))
+    # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
+    blob = (
+        (area >= 0.7 * h * w)
+        & (np.maximum(h, w) <= 2 * np.minimum(h, w))
+        & (h < BLOT_HEIGHT * typical)
+    )
     digit = (h >= DIGIT_HEIGHT * typical) & (area >= 0.05 * area.max()) & ~blob
+    joined = flags(boxes, digit)
+    for i, j in joined:  # a 5's flag drawn apart from its body
+        groups[j] = groups[j] + groups[i]
+        boxes[j, :2] = np.minimum(boxes[j, :2], boxes[i, :2])
+        boxes[j, 2:] = np.maximum(boxes[j, 2:], boxes[i, 2:])
     order = np.flatnonzero(digit)
     lines = in_lines(order, boxes)
     if len(order) <= 1 or one_column(lines, boxes):
@@ -889,8 +901,31 @@ def read_marks(
                 continue
             positions.append(alternatives(whole, strong, typical, float(np.median(w[order]))))
             line_of.append(number)
-    dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit)]
+    flagged = {i for i, _ in joined}
+    dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
     return Reading(positions, line_of, dropped)
+
+
+def flags(boxes: np.ndarray, digit: np.ndarray) -> list[tuple[int, int]]:
+    """(piece, digit) pairs: a small piece touching the upper part of one digit's box from
+    above or inside it, and overlapping it left to right by a fifth of its own width (a 5's
+    flag, a 7's or 4's detached stroke). Pieces at the foot of a digit (a decimal point, a
+    comma, an underline) and pieces between digits (a dash) stay apart."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    pairs = []
+    for i in np.flatnonzero(~digit).tolist():
+        overlap = np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1])
+        middle = (boxes[i, 0] + boxes[i, 2]) / 2
+        near = (
+            digit
+            & (overlap >= 0.2 * w[i])
+            & (w[i] <= 1.5 * w)
+            & (boxes[i, 2] >= boxes[:, 0] - FLAG_GAP * h)  # touches it from above or inside
+            & (middle <= boxes[:, 0] + 0.5 * h)  # in its upper half
+        )
+        if np.count_nonzero(near) == 1:
+            pairs.append((i, int(np.flatnonzero(near)[0])))
+    return pairs
 
 
 def in_lines(order: np.ndarray, boxes: np.ndarray) -> list[list[int]]:
@@ -1155,6 +1190,8 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
                 crops.append(crop)
             slot.append(tuple(indices))
         slots.append(tuple(slot))
+    if not images:  # every mark's clear ink was cut away: nothing left to read
+        return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
     prepared = Prepared(np.stack(images), "", slots, found.lines, steps)
     if debug:
         mask = np.zeros(ink.shape, bool)

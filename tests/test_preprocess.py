@@ -420,3 +420,26 @@ def test_a_touching_pair_is_offered_cut_in_two():
         key=lambda p: min(similarity(prepared.images[i], zero_alone) for i in p),
     )
     assert all(similarity(prepared.images[i], zero_alone) > 0.8 for i in best)
+
+
+def test_in_a_number_a_flag_reaching_past_its_five_stays_with_it():
+    def five(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+        draw.line([(x + 0.3 * size, y), (x + 0.9 * size, y - 4)], BLACK, width)  # the flag
+        draw.line([(x, y + 10), (x, y + 0.45 * size)], BLACK, width)
+        draw.arc([x - 4, y + 0.35 * size, x + 0.6 * size, y + size], 250, 160, BLACK, width)
+
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        five(draw, 150, 50, 80, 8)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(200, 300), clutter=marks), debug=True)
+    assert len(prepared.slots) == 2
+    assert [is_digit for _, is_digit in prepared.marks] == [True, True]  # nothing dropped
+
+
+def test_in_a_number_a_bold_filled_zero_is_a_digit_not_a_blot():
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        draw.ellipse([140, 50, 186, 130], outline=BLACK, width=21)  # a marker's 0, hole small
+
+    assert digits_of(scan(shape=None, page=(200, 260), clutter=marks)) == 2
