@@ -852,7 +852,7 @@ STACKED_OVERLAP = 0.5  # of the narrower piece's width, overlapping left to righ
 STACKED_GAP = 0.15  # of the taller piece's height, at most, between them
 DIGIT_HEIGHT = 0.5  # of the typical digit's height
 BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
-FLAG_GAP = 0.15  # of the digit's height, at most, between a detached flag and its digit
+FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
 
 
@@ -868,7 +868,7 @@ def read_marks(
     boxes = np.array([[c.y0[g].min(), c.x0[g].min(), c.y1[g].max(), c.x1[g].max()] for g in groups])
     area = np.array([c.area[g].sum() for g in groups])
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    big = area >= 0.2 * area.max()
+    big = (area >= 0.2 * area.max()) & (h >= DIGIT_HEIGHT * h.max())  # not dashes, underlines
     typical = float(np.median(h[big]))
     # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
     blob = (
@@ -877,11 +877,16 @@ def read_marks(
         & (h < BLOT_HEIGHT * typical)
     )
     digit = (h >= DIGIT_HEIGHT * typical) & (area >= 0.05 * area.max()) & ~blob
-    joined = flags(boxes, digit)
-    for i, j in joined:  # a 5's flag drawn apart from its body
-        groups[j] = groups[j] + groups[i]
-        boxes[j, :2] = np.minimum(boxes[j, :2], boxes[i, :2])
-        boxes[j, 2:] = np.maximum(boxes[j, 2:], boxes[i, 2:])
+    joined: list[tuple[int, int]] = []
+    free = ~digit  # pieces that may still join a digit
+    # A short 5 whose flag came off is two small pieces; a 5's flag may lie apart from its body.
+    for find in (lambda: halves(boxes, free, typical), lambda: flags(boxes, digit, free, typical)):
+        for i, j in find():
+            groups[j] = groups[j] + groups[i]
+            boxes[j, :2] = np.minimum(boxes[j, :2], boxes[i, :2])
+            boxes[j, 2:] = np.maximum(boxes[j, 2:], boxes[i, 2:])
+            digit[j], free[i], free[j] = True, False, False
+            joined.append((i, j))
     order = np.flatnonzero(digit)
     lines = in_lines(order, boxes)
     if len(order) <= 1 or one_column(lines, boxes):
@@ -906,21 +911,50 @@ def read_marks(
     return Reading(positions, line_of, dropped)
 
 
-def flags(boxes: np.ndarray, digit: np.ndarray) -> list[tuple[int, int]]:
+def halves(boxes: np.ndarray, free: np.ndarray, typical: float) -> list[tuple[int, int]]:
+    """(piece, piece) pairs of marks too low for a digit that make one together: one above
+    the other, overlapping left to right, together as tall as a digit and no wider than one,
+    one of them a stroke more than flat (so a `=` stays two dashes)."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    small = np.flatnonzero(free).tolist()
+    pairs, used = [], set()
+    for a in small:
+        for b in small:
+            if a >= b or a in used or b in used:
+                continue
+            overlap = min(boxes[a, 3], boxes[b, 3]) - max(boxes[a, 1], boxes[b, 1])
+            gap = max(boxes[a, 0], boxes[b, 0]) - min(boxes[a, 2], boxes[b, 2])
+            tall = max(boxes[a, 2], boxes[b, 2]) - min(boxes[a, 0], boxes[b, 0])
+            wide = max(boxes[a, 3], boxes[b, 3]) - min(boxes[a, 1], boxes[b, 1])
+            if (
+                overlap >= 0.2 * min(w[a], w[b])
+                and gap <= FLAG_GAP * typical
+                and tall >= DIGIT_HEIGHT * typical
+                and wide <= 1.1 * typical
+                and max(h[a], h[b]) >= 0.3 * typical
+            ):
+                pairs.append((a, b) if h[a] < h[b] else (b, a))
+                used |= {a, b}
+    return pairs
+
+
+def flags(
+    boxes: np.ndarray, digit: np.ndarray, free: np.ndarray, typical: float
+) -> list[tuple[int, int]]:
     """(piece, digit) pairs: a small piece touching the upper part of one digit's box from
     above or inside it, and overlapping it left to right by a fifth of its own width (a 5's
     flag, a 7's or 4's detached stroke). Pieces at the foot of a digit (a decimal point, a
     comma, an underline) and pieces between digits (a dash) stay apart."""
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     pairs = []
-    for i in np.flatnonzero(~digit).tolist():
+    for i in np.flatnonzero(free).tolist():
         overlap = np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1])
         middle = (boxes[i, 0] + boxes[i, 2]) / 2
         near = (
             digit
             & (overlap >= 0.2 * w[i])
             & (w[i] <= 1.5 * w)
-            & (boxes[i, 2] >= boxes[:, 0] - FLAG_GAP * h)  # touches it from above or inside
+            & (boxes[i, 2] >= boxes[:, 0] - FLAG_GAP * typical)  # just above it or inside
             & (middle <= boxes[:, 0] + 0.5 * h)  # in its upper half
         )
         if np.count_nonzero(near) == 1:

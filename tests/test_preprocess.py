@@ -443,3 +443,16 @@ def test_in_a_number_a_bold_filled_zero_is_a_digit_not_a_blot():
         draw.ellipse([140, 50, 186, 130], outline=BLACK, width=21)  # a marker's 0, hole small
 
     assert digits_of(scan(shape=None, page=(200, 260), clutter=marks)) == 2
+
+
+def test_in_a_number_a_short_five_in_two_pieces_is_one_digit_and_an_equals_sign_none():
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        draw.line([(150, 60), (200, 60)], BLACK, 8)  # a 5's flag, lifted well off its body
+        draw.arc([140, 82, 190, 132], 200, 150, BLACK, 8)  # the 5's body, half a digit high
+        draw.line([(220, 85), (260, 85)], BLACK, 6)  # "=" after the amount
+        draw.line([(220, 100), (260, 100)], BLACK, 6)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(200, 300), clutter=marks), debug=True)
+    assert len(prepared.slots) == 2
+    assert [is_digit for _, is_digit in prepared.marks] == [True, True, False, False]
