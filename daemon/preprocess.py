@@ -853,6 +853,8 @@ STACKED_GAP = 0.15  # of the taller piece's height, at most, between them
 DIGIT_HEIGHT = 0.5  # of the typical digit's height
 BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
 FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
+LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
+WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
 
 
@@ -868,7 +870,8 @@ def read_marks(
     boxes = np.array([[c.y0[g].min(), c.x0[g].min(), c.y1[g].max(), c.x1[g].max()] for g in groups])
     area = np.array([c.area[g].sum() for g in groups])
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    big = (area >= 0.2 * area.max()) & (h >= DIGIT_HEIGHT * h.max())  # not dashes, underlines
+    # The digits' height: the tallest marks' (not dashes, underlines, nor printed lowercase).
+    big = (area >= 0.2 * area.max()) & (h >= 0.75 * h.max())
     typical = float(np.median(h[big]))
     # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
     blob = (
@@ -889,7 +892,12 @@ def read_marks(
             joined.append((i, j))
     order = np.flatnonzero(digit)
     lines = in_lines(order, boxes)
-    if len(order) <= 1 or one_column(lines, boxes):
+    text = [i for line in lines for i in printed(line, boxes, free, typical)]
+    if text and len(text) < len(order):  # a printed label beside the handwritten number
+        digit[text] = False
+        order = np.flatnonzero(digit)
+        lines = in_lines(order, boxes)
+    elif len(order) <= 1 or one_column(lines, boxes):
         y0, x0, y1, x1 = single.box
         outside = (
             (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
@@ -909,6 +917,34 @@ def read_marks(
     flagged = {i for i, _ in joined}
     dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
     return Reading(positions, line_of, dropped)
+
+
+def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float) -> list[int]:
+    """The digit-sized marks of a line that belong to printed words ("Amount:", "Total").
+
+    The line's marks, small ones within its height included, are grouped into words where
+    they stand closer than WORD_GAP of a digit's height; type sets letters that close, and a
+    word with two lowercase-sized letters (a third to a half of a digit's height, not flat
+    like a dash) is text: its capitals and tall letters are not digits. A handwritten number
+    has no such marks - its separators are dots, commas and flat strokes."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    top, bottom = boxes[line, 0].min(), boxes[line, 2].max()
+    middle = (boxes[:, 0] + boxes[:, 2]) / 2
+    small = np.flatnonzero(free & (middle > top) & (middle < bottom)).tolist()
+    letter = (h >= LETTER_HEIGHT * typical) & (h < DIGIT_HEIGHT * typical) & (2 * h >= w)
+    marks = sorted(line + small, key=lambda i: boxes[i, 1])
+    found: list[int] = []
+    word: list[int] = []
+    reach = -1
+    for i in [*marks, -1]:
+        if i < 0 or (word and boxes[i, 1] - reach > WORD_GAP * typical):
+            if np.count_nonzero(letter[word]) >= 2:
+                found += [j for j in word if j in line]
+            word, reach = [], -1
+        if i >= 0:
+            word.append(i)
+            reach = max(reach, int(boxes[i, 3]))
+    return found
 
 
 def halves(boxes: np.ndarray, free: np.ndarray, typical: float) -> list[tuple[int, int]]:

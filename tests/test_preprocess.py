@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from digit_inbox.daemon import preprocess
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
@@ -456,3 +456,16 @@ def test_in_a_number_a_short_five_in_two_pieces_is_one_digit_and_an_equals_sign_
     prepared = preprocess.prepare(scan(shape=None, page=(200, 300), clutter=marks), debug=True)
     assert len(prepared.slots) == 2
     assert [is_digit for _, is_digit in prepared.marks] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("label", ["Amount:", "Total", "Score:"])
+def test_a_printed_label_beside_a_number_is_not_read_as_digits(label):
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        # Capitals a little over half as tall as the handwritten digits, as on a form.
+        draw.text((10, 84), label, fill=BLACK, font=ImageFont.load_default(size=64))
+        seven(draw, 270, 50, 80, 8)
+        zero(draw, 340, 50, 80, 8)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(200, 460), clutter=marks))
+    assert len(prepared.slots) == 2
+    assert similarity(prepared.images[prepared.slots[1][0][0]], read(scan(shape=zero))) > 0.9
