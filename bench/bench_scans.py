@@ -147,16 +147,17 @@ def cached_set(
 
 
 def cached(
-    work_dir: Path, name: str, write: Callable[[Path], list[scans.Label]]
-) -> tuple[Path, list[scans.Label]]:
+    work_dir: Path, name: str, write: Callable[[Path], list[Any]], generator: Any = scans
+) -> tuple[Path, list[Any]]:
     """The set `write` makes in a folder, reused when a complete one (labels.csv present) is
-    already there. The key includes a hash of the generator's source, so editing it never
-    reuses stale sets."""
-    generator = hashlib.sha256(Path(scans.__file__).read_bytes()).hexdigest()[:8]
-    folder = work_dir / f"{name}-{generator}"
+    already there. The key includes a hash of the generator module's source (and of scans.py,
+    which every generator draws with), so editing either never reuses stale sets."""
+    sources = {Path(scans.__file__), Path(generator.__file__)}
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(sources))).hexdigest()[:8]
+    folder = work_dir / f"{name}-{digest}"
     labels_csv = folder / "labels.csv"
     if labels_csv.exists():
-        return folder, scans.read_labels(labels_csv)
+        return folder, generator.read_labels(labels_csv)
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     labels = write(folder)
@@ -222,6 +223,11 @@ def classic_recipe(folder: Path, labels: Sequence[scans.Label], model: Path | No
 
 def tesseract_one(path: Path, psm: int = 10) -> str:
     """The first digit Tesseract reads in `path`, "" for none (digits-only whitelist)."""
+    return tesseract_digits(path, psm)[:1]
+
+
+def tesseract_digits(path: Path, psm: int) -> str:
+    """Every digit Tesseract reads in `path`, in its order (digits-only whitelist)."""
     command = ["tesseract", str(path), "stdout", "--psm", str(psm)]
     command += ["-c", "tessedit_char_whitelist=0123456789"]
     try:
@@ -235,8 +241,7 @@ def tesseract_one(path: Path, psm: int = 10) -> str:
         )
     except subprocess.TimeoutExpired:
         return ""
-    digits = [c for c in done.stdout if c.isdigit()]
-    return digits[0] if digits else ""
+    return "".join(c for c in done.stdout if c.isdigit())
 
 
 def tesseract(folder: Path, labels: Sequence[scans.Label], workers: int, psm: int) -> dict:
