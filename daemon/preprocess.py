@@ -855,6 +855,7 @@ BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an i
 FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
 LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
 WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
+STACKED_PIECE = 0.02  # of the largest piece's ink: smaller pieces are dust, grain
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
 
 
@@ -865,6 +866,8 @@ def read_marks(
     still one line, each mark joining the line whose last mark it overlaps vertically), left
     to right, lines top to bottom. A page with one digit-sized mark reads as it always has:
     the digit `select_digit` chose."""
+    if np.count_nonzero(c.area >= STACKED_PIECE * c.area.max()) == 1:  # the common case, fast
+        return Reading([alternatives(single, strong)], [0], [])
     groups = stacked(c)
     n = len(c.area)
     boxes = np.array([[c.y0[g].min(), c.x0[g].min(), c.y1[g].max(), c.x1[g].max()] for g in groups])
@@ -1034,7 +1037,7 @@ def as_box(row: np.ndarray) -> tuple[int, int, int, int]:
 def stacked(c: Components) -> list[list[int]]:
     """Pieces (component indices) grouped into marks: stacked pieces join (see above); pieces
     under 2 % of the largest piece's ink are left out (dust, grain)."""
-    keep = np.flatnonzero(c.area >= 0.02 * c.area.max())
+    keep = np.flatnonzero(c.area >= STACKED_PIECE * c.area.max())
     y0, x0, y1, x1 = c.y0[keep], c.x0[keep], c.y1[keep], c.x1[keep]
     h, w = y1 - y0, x1 - x0
     overlap = np.minimum(x1[:, None], x1[None, :]) - np.maximum(x0[:, None], x0[None, :])
