@@ -37,6 +37,7 @@ OVERVIEW_PIXELS = 200 * 200  # first look at the page at about this many pixels
 POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail answers it
 DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
+CLOSER_PIXELS = 8 * OVERVIEW_PIXELS  # at most this much in a closer look (a digit: far less)
 CROP_PIXELS = 64  # an image smaller than this each way is a crop of one digit, not a page
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
 CLOSING = 0.25  # ... and no dark thing narrower than this part of the page is paper
@@ -1347,8 +1348,11 @@ def look_closer(
     scale: float,
     wanted: float,
 ) -> tuple[np.ndarray, Reading] | None:
-    """Read the region around a digit found small in the overview again at `wanted` scale.
+    """Read the region around the digits found small in the overview again at `wanted` scale.
 
+    The region (the digits' box and a margin of 0.6 of its longer side, where a printed label
+    beside a number is seen whole) is read at no more than CLOSER_PIXELS: marks scattered over
+    a page would otherwise be read at full resolution.
     The paper estimate of the overview is reused (it is smooth); lines and specks are cleaned
     again at the finer resolution.
     """
@@ -1357,6 +1361,7 @@ def look_closer(
     margin = 0.6 * max(y1 - y0, x1 - x0)
     iy0, ix0 = max(0, int(y0 - margin)), max(0, int(x0 - margin))
     iy1, ix1 = min(h, math.ceil(y1 + margin)), min(w, math.ceil(x1 + margin))
+    wanted = min(wanted, max(scale, math.sqrt(CLOSER_PIXELS / ((iy1 - iy0) * (ix1 - ix0)))))
     size = (max(3, round((iy1 - iy0) * wanted)), max(3, round((ix1 - ix0) * wanted)))
     plane = ink_plane(page_pixels(img, size, (ix0, iy0, ix1, iy1)), light)
     ph, pw = paper.shape
