@@ -929,13 +929,15 @@ def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float
     The line's marks, small ones within its height included, are grouped into words where
     they stand closer than WORD_GAP of a digit's height; type sets letters that close, and a
     word with two lowercase-sized letters (a third to a half of a digit's height, not flat
-    like a dash) is text: its capitals and tall letters are not digits. A handwritten number
-    has no such marks - its separators are dots, commas and flat strokes."""
+    like a dash, nor thin like a comma) is text: its capitals and tall letters are not
+    digits. A handwritten number has no such marks - its separators are dots, commas and
+    flat strokes."""
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     top, bottom = boxes[line, 0].min(), boxes[line, 2].max()
     middle = (boxes[:, 0] + boxes[:, 2]) / 2
     small = np.flatnonzero(free & (middle > top) & (middle < bottom)).tolist()
     letter = (h >= LETTER_HEIGHT * typical) & (h < DIGIT_HEIGHT * typical) & (2 * h >= w)
+    letter &= w >= LETTER_HEIGHT * typical * 2 / 3  # not a comma, nor a slash
     marks = sorted(line + small, key=lambda i: boxes[i, 1])
     found: list[int] = []
     word: list[int] = []

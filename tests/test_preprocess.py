@@ -469,3 +469,15 @@ def test_a_printed_label_beside_a_number_is_not_read_as_digits(label):
     prepared = preprocess.prepare(scan(shape=None, page=(200, 460), clutter=marks))
     assert len(prepared.slots) == 2
     assert similarity(prepared.images[prepared.slots[1][0][0]], read(scan(shape=zero))) > 0.9
+
+
+def test_commas_close_between_digits_do_not_make_the_number_a_printed_word():
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        draw.line([(100, 106), (94, 136)], BLACK, 8)  # a comma, tall and close
+        zero(draw, 108, 50, 80, 8)
+        draw.line([(168, 106), (162, 136)], BLACK, 8)
+        seven(draw, 176, 50, 80, 8)
+        zero(draw, 290, 50, 80, 8)  # and a digit further off
+
+    assert digits_of(scan(shape=None, page=(200, 400), clutter=marks)) == 4
