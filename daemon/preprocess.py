@@ -855,6 +855,7 @@ DIGIT_HEIGHT = 0.5  # of the typical digit's height
 BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
 FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
 LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
+PRINTED_LINE = 1.5  # times a printed word's tallest letter: taller marks are handwriting
 WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
 STACKED_PIECE = 0.02  # of the largest piece's ink: smaller pieces are dust, grain
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
@@ -931,7 +932,8 @@ def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float
     word with two lowercase-sized letters (a third to a half of a digit's height, not flat
     like a dash, nor thin like a comma) is text: its capitals and tall letters are not
     digits. A handwritten number has no such marks - its separators are dots, commas and
-    flat strokes."""
+    flat strokes. A line holding such words and nothing taller than PRINTED_LINE times their
+    letters is a printed line, all of it."""
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     top, bottom = boxes[line, 0].min(), boxes[line, 2].max()
     middle = (boxes[:, 0] + boxes[:, 2]) / 2
@@ -941,15 +943,18 @@ def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float
     marks = sorted(line + small, key=lambda i: boxes[i, 1])
     found: list[int] = []
     word: list[int] = []
-    reach = -1
+    reach, text_height = -1, 0
     for i in [*marks, -1]:
         if i < 0 or (word and boxes[i, 1] - reach > WORD_GAP * typical):
             if np.count_nonzero(letter[word]) >= 2:
                 found += [j for j in word if j in line]
+                text_height = max(text_height, int(h[word].max()))
             word, reach = [], -1
         if i >= 0:
             word.append(i)
             reach = max(reach, int(boxes[i, 3]))
+    if text_height and h[line].max() <= PRINTED_LINE * text_height:
+        return list(line)  # a line of print ("Invoice No."), no handwriting taller than it
     return found
 
 

@@ -481,3 +481,13 @@ def test_commas_close_between_digits_do_not_make_the_number_a_printed_word():
         zero(draw, 290, 50, 80, 8)  # and a digit further off
 
     assert digits_of(scan(shape=None, page=(200, 400), clutter=marks)) == 4
+
+
+def test_a_printed_line_above_a_number_is_not_read_as_digits():
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        draw.text((20, 0), "Invoice No.", fill=BLACK, font=ImageFont.load_default(size=64))
+        seven(draw, 40, 100, 80, 8)
+        zero(draw, 120, 100, 80, 8)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(220, 340), clutter=marks))
+    assert len(prepared.slots) == 2 and prepared.lines == [0, 0]
