@@ -80,10 +80,11 @@ def file_key(cell: str) -> str:
 
 
 def predictions_from_csv(text: str) -> dict[str, str]:
-    """File name -> digit read, from `classify` output; blank and error rows read nothing."""
+    """File name -> digits read, from `classify` output; blank and error rows read nothing.
+    Reads both schemas: `digits` (numbers) and the older `digit`."""
     predicted = {}
     for row in csv.DictReader(io.StringIO(text)):
-        digit = row["digit"] if row["status"] in READ_STATUSES else ""
+        digit = row.get("digits", row.get("digit", "")) if row["status"] in READ_STATUSES else ""
         predicted[file_key(row["file"])] = digit
     return predicted
 

@@ -73,7 +73,7 @@ class Classifier:
         )
         if len(batch) == 0:
             return np.zeros((0, contract.NUM_CLASSES), dtype=np.float32)
-        probs: np.ndarray = self.session.run(
-            [contract.OUTPUT_NAME], {contract.INPUT_NAME: batch}
-        )[0]
+        probs: np.ndarray = self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[
+            0
+        ]
         return probs

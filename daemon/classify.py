@@ -1,4 +1,4 @@
-"""`digit-inbox classify PATH...`: read the digit in each image file, one CSV row per file.
+"""`digit-inbox classify PATH...`: read the number in each image file, one CSV row per file.
 
 Rows stream out as batches finish, so a folder of 10,000 scans shows progress at once. With
 `--output` the CSV is written to a temporary file beside it and renamed at the end: a reader of
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
-from digit_inbox.daemon import rows
+from digit_inbox.daemon import reading, rows
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
 from digit_inbox.daemon.errors import ExitCode, UsageError
@@ -44,20 +44,26 @@ def main(
     workers: int | None = None,
     resume: bool = False,
     scheduler: str | None = None,
+    digits: str = "auto",
 ) -> int:
     """Classify files and folders; exit 0 when every file was read, 1 when any was an error."""
     check_options(min_confidence, max_pixels, workers)
     check_bulk_options(output, resume, scheduler, workers)
+    try:
+        expected = reading.parse_expected(digits)
+    except ValueError as exc:
+        raise UsageError(f"--digits {exc}") from None
     items = collect(paths)
     if not items:
         log.warning("no image files found in %s", ", ".join(map(str, paths)))
-    with reading(
+    with open_reader(
         scheduler,
         workers,
         model=model,
         min_confidence=min_confidence,
         max_pixels=max_pixels,
         debug_dir=debug_dir,
+        digits=expected,
     ) as read, open_sink(output, resume) as sink:  # fmt: skip
         todo = sink.still_to_read(items)
         progress = Progress(len(todo))
@@ -84,7 +90,7 @@ ReadRows = Callable[[Sequence[tuple[Path, str]]], Iterator[Row]]
 
 
 @contextlib.contextmanager
-def reading(
+def open_reader(
     scheduler: str | None,
     workers: int | None,
     *,
@@ -92,6 +98,7 @@ def reading(
     min_confidence: float,
     max_pixels: int,
     debug_dir: Path | None,
+    digits: tuple[int, int] | None,
 ) -> Iterator[ReadRows]:
     """How rows are read: worker processes here, or a Dask cluster's workers."""
     if scheduler is None:
@@ -101,6 +108,7 @@ def reading(
             max_pixels=max_pixels,
             workers=workers,
             debug_dir=debug_dir,
+            digits=digits,
         ) as reader:
             yield reader.iter_read
         return
@@ -111,6 +119,7 @@ def reading(
         min_confidence=min_confidence,
         max_pixels=max_pixels,
         debug_dir=str(debug_dir.absolute()) if debug_dir else None,
+        digits=digits,
     )
     with cluster.connect(scheduler) as client:
         yield functools.partial(cluster.read, client, options=options)

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse larger images as decompression bombs (default 40e6)",
     )
     classify.add_argument(
+        "--digits",
+        default="auto",
+        help="how many digits each scan holds: auto (default), N, or a range such as 4-6; "
+        "a reading outside it is low_confidence with a note",
+    )
+    classify.add_argument(
         "--debug-dir", type=Path, help="write a PNG strip of the preprocessing steps per file here"
     )
     classify.add_argument(
@@ -178,6 +184,7 @@ def dispatch(args: argparse.Namespace) -> int:
             workers=args.workers,
             resume=args.resume,
             scheduler=args.scheduler,
+            digits=args.digits,
         )
     if args.command == "train":
         from digit_inbox.export import mnist, train

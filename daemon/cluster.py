@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS
 from digit_inbox.daemon.errors import UsageError
 from digit_inbox.daemon.recognize import Reader
@@ -55,9 +56,10 @@ class Options:
     """What every worker needs to read like `classify` does; paths as the workers see them."""
 
     model: str | None = None
-    min_confidence: float = 0.6
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
     max_pixels: int = DEFAULT_MAX_PIXELS
     debug_dir: str | None = None
+    digits: tuple[int, int] | None = None  # how many digits a reading must have; None: any
 
 
 class FolderNotShared(UsageError):
@@ -78,6 +80,7 @@ def reader_for(options: Options) -> Reader:
                 max_pixels=options.max_pixels,
                 workers=0,
                 debug_dir=Path(options.debug_dir) if options.debug_dir else None,
+                digits=options.digits,
             )
         return _readers[options]
 

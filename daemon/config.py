@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from digit_inbox.daemon import reading
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.decode import EXTENSIONS
 from digit_inbox.daemon.errors import ConfigError
@@ -35,7 +36,7 @@ T = TypeVar("T")
 OBSERVERS = ("auto", "inotify", "polling")
 DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LAYOUT_FIELDS = ("digit", "date", "year", "month", "day")
+LAYOUT_FIELDS = ("digits", "digit", "date", "year", "month", "day")  # digit: older name
 # What decode.py reads (a test keeps the two in step); other files stay in the inbox.
 DEFAULT_EXTENSIONS = list(EXTENSIONS)  # every format the decoder reads
 # Names that writers use while a file is incomplete, and files operating systems leave behind.
@@ -101,6 +102,7 @@ class Recognition:
     max_pixels: int
     batch_size: int
     workers: int | None
+    digits: tuple[int, int] | None  # how many digits a reading has (min, max); None: auto
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def sha256_hex(value: Any) -> str:
 
 def layout(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"must be a string such as '{{digit}}', got {describe(value)}")
+        raise Invalid(f"must be a string such as '{{digits}}', got {describe(value)}")
     try:
         parsed = string.Formatter().parse(value)
         fields = [(n, spec, conv) for _, n, spec, conv in parsed if n is not None]
@@ -264,18 +266,28 @@ def layout(value: Any) -> str:
     unknown = [n for n in names if n not in LAYOUT_FIELDS]
     if unknown:
         raise Invalid(f"unknown placeholder {{{unknown[0]}}}; use {', '.join(LAYOUT_FIELDS)}")
-    if "digit" not in names:
-        raise Invalid("must contain {digit}, or every digit would land in one folder")
+    if "digits" not in names and "digit" not in names:
+        raise Invalid("must contain {digits}, or every reading would land in one folder")
     # A format spec or conversion could fail or grow a name when the daemon files a scan.
     if any(spec or conv for _, spec, conv in fields):
-        raise Invalid("placeholders take no format: write {digit}, not {digit:>3} or {digit!r}")
+        raise Invalid("placeholders take no format: write {digits}, not {digits:>3} or {digits!r}")
     parts = Path(value).parts
     if Path(value).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts):
         raise Invalid("must be a relative folder inside the outbox, without '..' or hidden parts")
-    sample = value.format(digit="0", date="2000-01-01", year="2000", month="01", day="01")
+    sample = value.format(
+        digits="0", digit="0", date="2000-01-01", year="2000", month="01", day="01"
+    )
     if "\0" in value or any(len(os.fsencode(p)) > NAME_MAX for p in Path(sample).parts):
         raise Invalid(f"each folder name must fit {NAME_MAX} bytes, without NUL characters")
     return value
+
+
+def expected_digits(value: Any) -> tuple[int, int] | None:
+    """`auto`, N or "min-max" -> None or (min, max)."""
+    try:
+        return reading.parse_expected(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 # --- The schema: section -> key -> (parser, default). Defaults match config.yaml.
@@ -302,9 +314,10 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
             "max_pixels": (integer(1, 2**40), 40_000_000),
             "batch_size": (integer(1, 4096), 32),
             "workers": (optional(integer(1, 256)), None),
+            "digits": (expected_digits, "auto"),
         },
         "filing": {
-            "layout": (layout, "{digit}"),
+            "layout": (layout, "{digits}"),
             "duplicates": (choice(*DUPLICATE_POLICIES), "flag"),
         },
         "metrics": {

@@ -106,7 +106,7 @@ class Health:
             self._last_file = {
                 "name": row.file,
                 "status": status,
-                "digit": row.digit,
+                "digit": row.digits,
                 "time": row.time or iso(now),
             }
             if status != Status.ERROR.value:

@@ -24,10 +24,11 @@ it is given, except a DecodeError for arrays that are no image at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
 from digit_inbox.daemon.decode import DecodeError, flatten, is_cut_out, to_uint8
@@ -36,6 +37,7 @@ OVERVIEW_PIXELS = 200 * 200  # first look at the page at about this many pixels
 POLARITY_PIXELS = 64 * 64  # light or dark ink is a global question: a thumbnail answers it
 DIGIT_PIXELS = 64  # the digit's longer side when it is read again from the full page
 MIN_OVERVIEW_DIGIT = 48  # below this the overview is too coarse to normalise from
+CLOSER_PIXELS = 8 * OVERVIEW_PIXELS  # at most this much in a closer look (a digit: far less)
 CROP_PIXELS = 64  # an image smaller than this each way is a crop of one digit, not a page
 BACKGROUND_BLOCKS = 32  # paper-level grid cells along the page's longer side
 CLOSING = 0.25  # ... and no dark thing narrower than this part of the page is paper
@@ -57,10 +59,26 @@ COVERED = 0.8  # a box's side is there when this much of its length has ink wher
 
 @dataclass
 class Prepared:
-    image: np.ndarray | None  # (28, 28) float32 in 0..1, ink = 1; None when blank
+    """The digits of a page in reading order, as the model's 28x28 images.
+
+    `images` holds every candidate image; `slots` the positions of the string read, each a
+    choice of alternatives (tuples of indices into `images`): one alternative for a plain
+    digit, several for a mark too wide for one digit (unsplit, cut in two, in three...), for the
+    model to choose from by probability. `lines[i]` is the line of slot i (0 = top line).
+    """
+
+    images: np.ndarray  # (k, 28, 28) float32 in 0..1, ink = 1; k = 0 when blank
     blank_reason: str = ""
+    slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
-    doubt: str = ""  # why the page may hold more than the one digit read, whatever the model says
+    marks: list[tuple[tuple[int, int, int, int], bool]] = field(default_factory=list)
+    # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The first digit's 28x28 (the whole reading for a single digit), None when blank."""
+        return self.images[0] if len(self.images) else None
 
 
 @dataclass
@@ -68,7 +86,32 @@ class Digit:
     mask: np.ndarray  # bool, the digit's ink after lines and specks were removed
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive) of the digit's ink
     threshold: float
-    marks: int = 1  # digit-sized marks side by side on the page (several digits?)
+
+
+@dataclass
+class Reading:
+    """The marks found on a page: the digits in reading order, and what was dropped."""
+
+    # Per position in reading order, the alternatives: each a list of digits (one for a plain
+    # digit; a mark too wide for one digit is also offered cut into two or three pieces).
+    positions: list[list[list[Digit]]]
+    lines: list[int]  # the line of each position, 0 = top
+    dropped: list[tuple[int, int, int, int]]  # boxes of separators, strokes and specks
+
+    @property
+    def digits(self) -> list[Digit]:
+        return [d for alternatives in self.positions for pieces in alternatives for d in pieces]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """The box around every digit."""
+        boxes = np.array([d.box for d in self.digits])
+        return (
+            int(boxes[:, 0].min()),
+            int(boxes[:, 1].min()),
+            int(boxes[:, 2].max()),
+            int(boxes[:, 3].max()),
+        )
 
 
 # --- input -------------------------------------------------------------------------------
@@ -748,8 +791,9 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
         chosen = joined
 
 
-def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
-    """The digit's ink in an ink-strength map, or why there is none (a blank reason).
+def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
+    """The digits' ink in an ink-strength map, in reading order, or why there is none (a blank
+    reason).
 
     The mask comes from a lightly smoothed copy, which keeps pencil grain and paper noise from
     breaking strokes apart or passing for ink, with hysteresis: faint ink counts where it is
@@ -787,27 +831,297 @@ def find_digit(ink: np.ndarray, min_size: float) -> Digit | str:
         return "only lines, no digit"
     pieces = components(labels, n)
     ids = select_digit(labels, n, pieces)
-    digit = chosen(labels, n, ids)
-    ys, xs = where(digit & strong)  # the box of the clear ink: faint rims would widen it
-    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
-    return Digit(digit, box, t, marks(pieces, box, int(np.count_nonzero(digit))))
+    single = digit_of(chosen(labels, n, ids), strong, t)
+    assert single is not None  # the largest piece has strong ink: it was kept for that
+    return read_marks(labels, pieces, strong, t, single)
 
 
-def marks(c: Components, box: tuple[int, int, int, int], ink: int) -> int:
-    """How many digit-sized marks stand side by side: pieces at least half as tall as the digit
-    read and with a fifth of its ink, those overlapping left to right counted once. A number
-    like 42 makes two - read as one digit it would be filed wrong with full confidence.
-    """
-    tall = (c.y1 - c.y0 >= 0.5 * (box[2] - box[0])) & (c.area >= 0.2 * ink)
-    spans = sorted(zip(c.x0[tall].tolist(), c.x1[tall].tolist(), strict=True))
-    count, reach = 0, -1
-    for x0, x1 in spans:
-        if x0 >= reach:
-            count += 1
-        reach = max(reach, x1)
-    return count
+def digit_of(mask: np.ndarray, strong: np.ndarray, t: float) -> Digit | None:
+    """A Digit of the ink `mask`, boxed by its clear ink (faint rims would widen the box)."""
+    ys, xs = where(mask & strong)
+    if not len(ys):
+        return None
+    return Digit(mask, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), t)
+
+
+# Marks: pieces of ink stacked one above the other (a 5's detached flag, an 8 with a gap, a 4
+# in two strokes) are one mark; a mark is a digit when it is at least this part of the height
+# of the typical digit-sized mark. Separators, dashes, underlines, ticks and dots are lower.
+STACKED_OVERLAP = 0.5  # of the narrower piece's width, overlapping left to right
+STACKED_GAP = 0.15  # of the taller piece's height, at most, between them
+DIGIT_HEIGHT = 0.5  # of the typical digit's height
+BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
+FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
+LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
+PRINTED_LINE = 1.5  # times a printed word's tallest letter: taller marks are handwriting
+WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
+STACKED_PIECE = 0.02  # of the largest piece's ink: smaller pieces are dust, grain
+WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
+
+
+def read_marks(
+    labels: np.ndarray, c: Components, strong: np.ndarray, t: float, single: Digit
+) -> Reading:
+    """The digits of the page in reading order: marks grouped into lines (a tilted line is
+    still one line, each mark joining the line whose last mark it overlaps vertically), left
+    to right, lines top to bottom. A page with one digit-sized mark reads as it always has:
+    the digit `select_digit` chose."""
+    if np.count_nonzero(c.area >= STACKED_PIECE * c.area.max()) == 1:  # the common case, fast
+        return Reading([alternatives(single, strong)], [0], [])
+    groups = stacked(c)
+    n = len(c.area)
+    boxes = np.array([[c.y0[g].min(), c.x0[g].min(), c.y1[g].max(), c.x1[g].max()] for g in groups])
+    area = np.array([c.area[g].sum() for g in groups])
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    # The digits' height: the tallest marks' (not dashes, underlines, nor printed lowercase).
+    big = (area >= 0.2 * area.max()) & (h >= 0.75 * h.max())
+    typical = float(np.median(h[big]))
+    # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
+    blob = (
+        (area >= 0.7 * h * w)
+        & (np.maximum(h, w) <= 2 * np.minimum(h, w))
+        & (h < BLOT_HEIGHT * typical)
+    )
+    digit = (h >= DIGIT_HEIGHT * typical) & (area >= 0.05 * area.max()) & ~blob
+    joined: list[tuple[int, int]] = []
+    free = ~digit  # pieces that may still join a digit
+    # A short 5 whose flag came off is two small pieces; a 5's flag may lie apart from its body.
+    for find in (lambda: halves(boxes, free, typical), lambda: flags(boxes, digit, free, typical)):
+        for i, j in find():
+            groups[j] = groups[j] + groups[i]
+            boxes[j, :2] = np.minimum(boxes[j, :2], boxes[i, :2])
+            boxes[j, 2:] = np.maximum(boxes[j, 2:], boxes[i, 2:])
+            digit[j], free[i], free[j] = True, False, False
+            joined.append((i, j))
+    order = np.flatnonzero(digit)
+    lines = in_lines(order, boxes)
+    text = [i for line in lines for i in printed(line, boxes, free, typical)]
+    if text and len(text) < len(order):  # a printed label beside the handwritten number
+        digit[text] = False
+        order = np.flatnonzero(digit)
+        lines = in_lines(order, boxes)
+    elif len(order) <= 1 or one_column(lines, boxes):
+        y0, x0, y1, x1 = single.box
+        outside = (
+            (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
+        )
+        return Reading([alternatives(single, strong)], [0], [as_box(b) for b in boxes[outside]])
+    table = np.zeros(n + 1, np.int32)
+    positions, line_of = [], []
+    for number, line in enumerate(lines):
+        for i in line:
+            table[:] = 0
+            table[np.asarray(groups[i]) + 1] = 1
+            whole = digit_of(table[labels].astype(bool), strong, t)
+            if whole is None:
+                continue
+            positions.append(alternatives(whole, strong, typical, float(np.median(w[order]))))
+            line_of.append(number)
+    flagged = {i for i, _ in joined}
+    dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
+    return Reading(positions, line_of, dropped)
+
+
+def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float) -> list[int]:
+    """The digit-sized marks of a line that belong to printed words ("Amount:", "Total").
+
+    The line's marks, small ones within its height included, are grouped into words where
+    they stand closer than WORD_GAP of a digit's height; type sets letters that close, and a
+    word with two lowercase-sized letters (a third to a half of a digit's height, not flat
+    like a dash, nor thin like a comma) is text: its capitals and tall letters are not
+    digits. A handwritten number has no such marks - its separators are dots, commas and
+    flat strokes. A line holding such words and nothing taller than PRINTED_LINE times their
+    letters is a printed line, all of it."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    top, bottom = boxes[line, 0].min(), boxes[line, 2].max()
+    middle = (boxes[:, 0] + boxes[:, 2]) / 2
+    small = np.flatnonzero(free & (middle > top) & (middle < bottom)).tolist()
+    letter = (h >= LETTER_HEIGHT * typical) & (h < DIGIT_HEIGHT * typical) & (2 * h >= w)
+    letter &= w >= LETTER_HEIGHT * typical * 2 / 3  # not a comma, nor a slash
+    marks = sorted(line + small, key=lambda i: boxes[i, 1])
+    found: list[int] = []
+    word: list[int] = []
+    reach, text_height = -1, 0
+    for i in [*marks, -1]:
+        if i < 0 or (word and boxes[i, 1] - reach > WORD_GAP * typical):
+            if np.count_nonzero(letter[word]) >= 2:
+                found += [j for j in word if j in line]
+                text_height = max(text_height, int(h[word].max()))
+            word, reach = [], -1
+        if i >= 0:
+            word.append(i)
+            reach = max(reach, int(boxes[i, 3]))
+    if text_height and h[line].max() <= PRINTED_LINE * text_height:
+        return list(line)  # a line of print ("Invoice No."), no handwriting taller than it
+    return found
+
+
+def halves(boxes: np.ndarray, free: np.ndarray, typical: float) -> list[tuple[int, int]]:
+    """(piece, piece) pairs of marks too low for a digit that make one together: one above
+    the other, overlapping left to right, together as tall as a digit and no wider than one,
+    one of them a stroke more than flat (so a `=` stays two dashes)."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    small = np.flatnonzero(free).tolist()
+    pairs, used = [], set()
+    for a in small:
+        for b in small:
+            if a >= b or a in used or b in used:
+                continue
+            overlap = min(boxes[a, 3], boxes[b, 3]) - max(boxes[a, 1], boxes[b, 1])
+            gap = max(boxes[a, 0], boxes[b, 0]) - min(boxes[a, 2], boxes[b, 2])
+            tall = max(boxes[a, 2], boxes[b, 2]) - min(boxes[a, 0], boxes[b, 0])
+            wide = max(boxes[a, 3], boxes[b, 3]) - min(boxes[a, 1], boxes[b, 1])
+            if (
+                overlap >= 0.2 * min(w[a], w[b])
+                and gap <= FLAG_GAP * typical
+                and tall >= DIGIT_HEIGHT * typical
+                and wide <= 1.1 * typical
+                and max(h[a], h[b]) >= 0.3 * typical
+            ):
+                pairs.append((a, b) if h[a] < h[b] else (b, a))
+                used |= {a, b}
+    return pairs
+
+
+def flags(
+    boxes: np.ndarray, digit: np.ndarray, free: np.ndarray, typical: float
+) -> list[tuple[int, int]]:
+    """(piece, digit) pairs: a small piece touching the upper part of one digit's box from
+    above or inside it, and overlapping it left to right by a fifth of its own width (a 5's
+    flag, a 7's or 4's detached stroke). Pieces at the foot of a digit (a decimal point, a
+    comma, an underline) and pieces between digits (a dash) stay apart."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    pairs = []
+    for i in np.flatnonzero(free).tolist():
+        overlap = np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1])
+        middle = (boxes[i, 0] + boxes[i, 2]) / 2
+        near = (
+            digit
+            & (overlap >= 0.2 * w[i])
+            & (w[i] <= 1.5 * w)
+            & (boxes[i, 2] >= boxes[:, 0] - FLAG_GAP * typical)  # just above it or inside
+            & (middle <= boxes[:, 0] + 0.5 * h)  # in its upper half
+        )
+        if np.count_nonzero(near) == 1:
+            pairs.append((i, int(np.flatnonzero(near)[0])))
+    return pairs
+
+
+def in_lines(order: np.ndarray, boxes: np.ndarray) -> list[list[int]]:
+    """The marks `order` (indices into boxes) grouped into lines, each left to right, top line
+    first. A mark joins the line whose last mark it overlaps most vertically (by at least 30 %
+    of the lower one), so a tilted line stays one line."""
+    h = boxes[:, 2] - boxes[:, 0]
+    lines: list[list[int]] = []
+    for i in sorted(order.tolist(), key=lambda i: (boxes[i, 1] + boxes[i, 3]) / 2):
+        best, overlap = None, 0.0
+        for line in lines:
+            j = line[-1]
+            shared = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+            if shared > max(overlap, 0.3 * min(h[i], h[j])):
+                best, overlap = line, float(shared)
+        if best is None:
+            lines.append([i])
+        else:
+            best.append(i)
+    return sorted(lines, key=lambda line: float(np.mean([boxes[i, 0] + boxes[i, 2] for i in line])))
+
+
+def one_column(lines: list[list[int]], boxes: np.ndarray) -> bool:
+    """Marks one above the other, one per line: the pieces of one digit broken across (a 6
+    whose loop came apart), not a column of one-digit lines."""
+    if any(len(line) > 1 for line in lines):
+        return False
+    x0, x1 = boxes[[line[0] for line in lines], 1], boxes[[line[0] for line in lines], 3]
+    return bool(x0.max() < x1.min())
+
+
+def as_box(row: np.ndarray) -> tuple[int, int, int, int]:
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def stacked(c: Components) -> list[list[int]]:
+    """Pieces (component indices) grouped into marks: stacked pieces join (see above); pieces
+    under 2 % of the largest piece's ink are left out (dust, grain)."""
+    keep = np.flatnonzero(c.area >= STACKED_PIECE * c.area.max())
+    y0, x0, y1, x1 = c.y0[keep], c.x0[keep], c.y1[keep], c.x1[keep]
+    h, w = y1 - y0, x1 - x0
+    overlap = np.minimum(x1[:, None], x1[None, :]) - np.maximum(x0[:, None], x0[None, :])
+    gap = np.maximum(y0[:, None], y0[None, :]) - np.minimum(y1[:, None], y1[None, :])
+    narrow, wide = np.minimum(w[:, None], w[None, :]), np.maximum(w[:, None], w[None, :])
+    join = (
+        (overlap >= STACKED_OVERLAP * narrow)
+        & (gap <= STACKED_GAP * np.maximum(h[:, None], h[None, :]))
+        & ((gap <= 0) | (wide <= 2 * narrow))  # not an underline below a digit
+    )
+    parent = list(range(len(keep)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(join, 1)), strict=True):
+        parent[root(int(i))] = root(int(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(keep)):
+        groups.setdefault(root(i), []).append(int(keep[i]))
+    return list(groups.values())
+
+
+def alternatives(
+    whole: Digit, strong: np.ndarray, typical: float = 0, width: float = 0
+) -> list[list[Digit]]:
+    """A mark as one digit, and, when it is too wide for one, cut into two or three digits
+    (over-segmentation: the model's probabilities choose). Too wide: wider than WIDE times its
+    height (or the typical digit's), and, among other digits, half as wide again as they are
+    (a flat 5 among narrow digits is one digit)."""
+    y0, x0, y1, x1 = whole.box
+    h, w = y1 - y0, x1 - x0
+    height = max(h, 0.8 * typical)
+    if w <= WIDE * height or w <= 1.5 * width:
+        return [[whole]]
+    found: list[list[Digit]] = [[whole]]  # a wide single digit (a flat 2, a 0) stays a choice
+    profile = whole.mask[y0:y1, x0:x1].sum(axis=0)
+    ways = [2] if w <= 1.9 * height else [2, 3] if w <= 2.4 * height else [3]
+    for k in ways:
+        for cuts in cut_sets(profile, k):
+            pieces = []
+            for a, b in zip([0, *cuts], [*cuts, w], strict=True):
+                piece = whole.mask.copy()
+                piece[:, : x0 + a] = False
+                piece[:, x0 + b :] = False
+                part = digit_of(piece, strong, whole.threshold)
+                if part is not None and piece.sum() >= 0.1 * whole.mask.sum() / k:
+                    pieces.append(part)
+            if len(pieces) == k:
+                found.append(pieces)
+    return found
+
+
+def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
+    """Columns to cut a mark into k digits. For two: evenly spaced through its middle part
+    and its two thinnest columns there (the thinnest column is often the middle of a 0, not
+    where two digits touch, so the model chooses among them all); for three: the thinnest
+    column near each third."""
+    w = len(profile)
+    if k == 2:
+        lo, hi = round(0.3 * w), round(0.7 * w)
+        picked = [round(f * w) for f in np.linspace(0.32, 0.68, 5)]
+        for x in (lo + np.argsort(profile[lo:hi], kind="stable")).tolist():
+            if all(abs(x - p) >= max(2, 0.04 * w) for p in picked):
+                picked.append(x)
+            if len(picked) == 7:
+                break
+        return [[x] for x in sorted(picked)]
+    cuts = []
+    for low, high in ((0.2, 0.45), (0.55, 0.8)):
+        a, b = round(low * w), max(round(high * w), round(low * w) + 1)
+        cuts.append(a + int(np.argmin(profile[a:b])))
+    return [cuts]
 
 
 def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:
@@ -912,7 +1226,8 @@ def centre(small: np.ndarray) -> np.ndarray:
 
 
 def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
-    """A page (as `decode` yields it, or any numeric array) -> the model's 28x28, or blank.
+    """A page (as `decode` yields it, or any numeric array) -> the model's 28x28 images of its
+    digits in reading order, or blank.
 
     Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
     """
@@ -921,30 +1236,65 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
         img = with_margin(img)
     w, h = img.size
     if min(h, w) < 3:
-        return Prepared(None, "image too small to hold a digit")
+        return Prepared(NO_IMAGES, "image too small to hold a digit")
     look = overview(img, OVERVIEW_PIXELS)
-    if not isinstance(look.found, Digit) and look.scale < 0.5:
+    if not isinstance(look.found, Reading) and look.scale < 0.5:
         look = overview(img, 4 * OVERVIEW_PIXELS)  # a tiny digit may have faded into the paper
     ink, found = look.ink, look.found
-    if isinstance(found, Digit):
-        size = max(found.box[2] - found.box[0], found.box[3] - found.box[1])
+    if isinstance(found, Reading):
+        y0, x0, y1, x1 = found.box
+        size = digit_size(found)
         wanted = max(look.scale, min(1.0, DIGIT_PIXELS / (size / look.scale)))
         # A small digit gets a closer look at finer resolution; one far smaller than the page
         # a second look anyway: a form box around it is only a long line next to the digit.
-        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or size < 0.5 * max(ink.shape):
+        extent = max(y1 - y0, x1 - x0)
+        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or extent < 0.5 * max(
+            ink.shape
+        ):
             closer = look_closer(img, look.light, look.paper, found.box, look.scale, wanted)
             if closer is not None:
-                ink, found = closer[0], replace(closer[1], marks=max(closer[1].marks, found.marks))
+                ink, found = closer
     steps = {"page": look.page, "ink": ink} if debug else {}
-    if not isinstance(found, Digit):
-        return Prepared(None, found, steps)
-    image, crop = normalise(ink, found)
+    if not isinstance(found, Reading):
+        return Prepared(NO_IMAGES, found, steps=steps)
+    images: list[np.ndarray] = []
+    slots: list[tuple[tuple[int, ...], ...]] = []
+    crops = []
+    for alternatives in found.positions:
+        slot = []
+        for pieces in alternatives:
+            indices = []
+            for digit in pieces:
+                image, crop = normalise(ink, digit)
+                indices.append(len(images))
+                images.append(image)
+                crops.append(crop)
+            slot.append(tuple(indices))
+        slots.append(tuple(slot))
+    if not images:  # every mark's clear ink was cut away: nothing left to read
+        return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
+    prepared = Prepared(np.stack(images), "", slots, found.lines, steps)
     if debug:
-        steps.update(mask=found.mask.astype(np.float32), crop=crop, digit=image)
-    if found.marks > 1:
-        doubt = f"{found.marks} digit-sized marks side by side; one digit is read per scan"
-        return Prepared(image, "", steps, doubt)
-    return Prepared(image, "", steps)
+        mask = np.zeros(ink.shape, bool)
+        for digit in found.digits:
+            mask |= digit.mask
+        steps.update(mask=mask.astype(np.float32), crop=crops[0])
+        prepared.marks = [(a[0][0].box, True) for a in found.positions]
+        prepared.marks += [(box, False) for box in found.dropped]
+    return prepared
+
+
+NO_IMAGES = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+
+
+def digit_size(found: Reading) -> int:
+    """The size a digit is read at: the longer side of a lone digit (as always), the height of
+    the tallest of several (a wide mark may be digits touching)."""
+    boxes = [a[0][0].box for a in found.positions]
+    if len(boxes) == 1:
+        y0, x0, y1, x1 = boxes[0]
+        return max(y1 - y0, x1 - x0)
+    return max(y1 - y0 for y0, _, y1, _ in boxes)
 
 
 def with_margin(img: Image.Image) -> Image.Image:
@@ -977,7 +1327,7 @@ class Look:
     paper: np.ndarray
     ink: np.ndarray
     scale: float
-    found: Digit | str
+    found: Reading | str
 
 
 def overview(img: Image.Image, pixels: int) -> Look:
@@ -989,7 +1339,7 @@ def overview(img: Image.Image, pixels: int) -> Look:
     paper = background(plane)
     ink = ink_strength(plane, paper)
     scale = oh / h
-    return Look(page, light, paper, ink, scale, find_digit(ink, min_digit_size(max(h, w), scale)))
+    return Look(page, light, paper, ink, scale, find_digits(ink, min_digit_size(max(h, w), scale)))
 
 
 def min_digit_size(page_side: int, scale: float) -> float:
@@ -1004,9 +1354,12 @@ def look_closer(
     box: tuple[int, int, int, int],
     scale: float,
     wanted: float,
-) -> tuple[np.ndarray, Digit] | None:
-    """Read the region around a digit found small in the overview again at `wanted` scale.
+) -> tuple[np.ndarray, Reading] | None:
+    """Read the region around the digits found small in the overview again at `wanted` scale.
 
+    The region (the digits' box and a margin of 0.6 of its longer side, where a printed label
+    beside a number is seen whole) is read at no more than CLOSER_PIXELS: marks scattered over
+    a page would otherwise be read at full resolution.
     The paper estimate of the overview is reused (it is smooth); lines and specks are cleaned
     again at the finer resolution.
     """
@@ -1015,6 +1368,7 @@ def look_closer(
     margin = 0.6 * max(y1 - y0, x1 - x0)
     iy0, ix0 = max(0, int(y0 - margin)), max(0, int(x0 - margin))
     iy1, ix1 = min(h, math.ceil(y1 + margin)), min(w, math.ceil(x1 + margin))
+    wanted = min(wanted, max(scale, math.sqrt(CLOSER_PIXELS / ((iy1 - iy0) * (ix1 - ix0)))))
     size = (max(3, round((iy1 - iy0) * wanted)), max(3, round((ix1 - ix0) * wanted)))
     plane = ink_plane(page_pixels(img, size, (ix0, iy0, ix1, iy1)), light)
     ph, pw = paper.shape
@@ -1025,24 +1379,78 @@ def look_closer(
         min(iy1 * scale, ph),
     )
     ink = ink_strength(plane, resized(paper, size, box=paper_box))
-    found = find_digit(ink, min_digit_size(max(h, w), wanted))
-    if not isinstance(found, Digit):
+    found = find_digits(ink, min_digit_size(max(h, w), wanted))
+    if not isinstance(found, Reading):
         return None
     return ink, found
 
 
-def strip(steps: dict[str, np.ndarray], height: int = 112) -> np.ndarray:
-    """The debug images side by side at a common height: uint8 RGB (height, W, 3)."""
+Box = tuple[int, int, int, int]
+DIGIT_COLOUR, DROPPED_COLOUR, SEPARATOR = (0, 160, 0), (220, 0, 0), (255, 0, 255)
+
+
+def strip(
+    steps: dict[str, np.ndarray],
+    caption: str = "",
+    marks: Sequence[tuple[Box, bool]] = (),
+    digits: Sequence[tuple[np.ndarray, str]] = (),
+    height: int = 112,
+) -> np.ndarray:
+    """The debug picture of one page: uint8 RGB.
+
+    The result on top; below, each step at a common height with its name: the page, the ink
+    and the mask (every mark boxed: digits green and numbered in reading order, what was
+    dropped as a separator or noise red), the crop, and each digit's 28x28 with what was read.
+    """
     tiles = []
-    for image in steps.values():
-        a = np.clip(np.nan_to_num(image), 0, 1)
-        if a.ndim == 2:
-            a = np.repeat(a[:, :, None], 3, axis=2)
-        h, w = a.shape[:2]
-        width = max(1, round(w * height / h))
-        tile = Image.fromarray((a * 255).astype(np.uint8)).resize(
-            (width, height), Image.Resampling.NEAREST if h < height else Image.Resampling.BOX
-        )
-        tiles.append(np.asarray(tile))
-        tiles.append(np.full((height, 4, 3), (255, 0, 255), np.uint8))
-    return np.concatenate(tiles[:-1], axis=1) if tiles else np.zeros((height, 1, 3), np.uint8)
+    for name, image in steps.items():
+        tile = Image.fromarray(tile_pixels(image, height))
+        if name in ("ink", "mask") and marks:
+            draw_marks(tile, marks, tile.height / image.shape[0])
+        tiles.append((name, tile))
+    for image, label in digits:
+        tiles.append((label, Image.fromarray(tile_pixels(image, height))))
+    font = ImageFont.load_default()
+    line = 14
+    widths = [max(t.width, 8 * len(name)) for name, t in tiles]
+    width = max(sum(widths) + 4 * max(len(tiles) - 1, 0), 8 * len(caption) + 8, 1)
+    out = Image.new("RGB", (width, height + 2 * line + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    draw.text((2, 1), caption, fill=(0, 0, 0), font=font)
+    x = 0
+    for (name, tile), w in zip(tiles, widths, strict=True):
+        draw.text((x + 1, line + 2), name, fill=(0, 0, 120), font=font)
+        out.paste(tile, (x, 2 * line + 4))
+        if x:
+            draw.rectangle([x - 4, line + 2, x - 1, out.height], fill=SEPARATOR)
+        x += w + 4
+    return np.asarray(out)
+
+
+def tile_pixels(image: np.ndarray, height: int) -> np.ndarray:
+    a = np.clip(np.nan_to_num(image), 0, 1)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    h, w = a.shape[:2]
+    width = max(1, round(w * height / h))
+    tile = Image.fromarray((a * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.NEAREST if h < height else Image.Resampling.BOX
+    )
+    return np.asarray(tile)
+
+
+def draw_marks(tile: Image.Image, marks: Sequence[tuple[Box, bool]], scale: float) -> None:
+    draw = ImageDraw.Draw(tile)
+    number = 0
+    for (y0, x0, y1, x1), is_digit in marks:
+        colour = DIGIT_COLOUR if is_digit else DROPPED_COLOUR
+        box = [
+            x0 * scale,
+            y0 * scale,
+            max(x0 * scale, x1 * scale - 1),
+            max(y0 * scale, y1 * scale - 1),
+        ]
+        draw.rectangle(box, outline=colour)
+        if is_digit:
+            number += 1
+            draw.text((box[0] + 1, box[1] + 1), str(number), fill=colour)

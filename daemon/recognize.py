@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from digit_inbox.daemon import decode, preprocess
+from digit_inbox.daemon import decode, preprocess, reading
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.rows import Row, Status
 
@@ -47,9 +47,10 @@ INFERENCE_BATCH = 16
 
 @dataclass
 class Prepared:
-    """What a worker sends back for one file: small and picklable (no page pixels)."""
+    """What a worker sends back for one file: small and picklable (no page pixels, unless a
+    debug strip is wanted: it is drawn here, once the model has read the digits)."""
 
-    image: np.ndarray | None  # (28, 28) float32 for the model; None for blank and error
+    images: np.ndarray  # (k, 28, 28) float32 for the model; k = 0 for blank and error
     status: Status | None = None  # BLANK or ERROR; None until the model has spoken
     note: str = ""
     error: str = ""
@@ -57,7 +58,10 @@ class Prepared:
     height: int | None = None
     sha256: str = ""
     ms: float = 0.0
-    doubtful: bool = False  # the page may hold more than the digit read: review, however sure
+    slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)  # see preprocess
+    lines: list[int] = field(default_factory=list)
+    debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
+    debug_path: Path | None = None
 
 
 def prepare_file(
@@ -69,26 +73,32 @@ def prepare_file(
         decoded = decode.decode(path, max_pixels)
         prepared = preprocess.prepare(decoded.image, debug=debug_path is not None)
     except decode.DecodeError as exc:
-        return Prepared(None, Status.ERROR, error=exc.reason, ms=elapsed_ms(start))
+        return failed(exc.reason, start)
     except MemoryError:
-        return Prepared(None, Status.ERROR, error="not enough memory", ms=elapsed_ms(start))
+        return failed("not enough memory", start)
     except Exception as exc:  # a bug: one file must not stop the others
         log.exception("%s: preprocessing failed", path)
-        reason = f"internal error ({type(exc).__name__}: {decode.one_line(exc)}); please report"
-        return Prepared(None, Status.ERROR, error=reason, ms=elapsed_ms(start))
-    notes = [n for n in (decoded.note, prepared.blank_reason, prepared.doubt) if n]
-    if debug_path is not None:
-        write_strip(debug_path, prepared.steps)
+        return failed(
+            f"internal error ({type(exc).__name__}: {decode.one_line(exc)}); please report", start
+        )
+    notes = [n for n in (decoded.note, prepared.blank_reason) if n]
     return Prepared(
-        prepared.image,
-        None if prepared.image is not None else Status.BLANK,
+        prepared.images,
+        None if len(prepared.slots) else Status.BLANK,
         note="; ".join(notes),
         width=decoded.width,
         height=decoded.height,
         sha256=decoded.sha256,
         ms=elapsed_ms(start),
-        doubtful=bool(prepared.doubt),
+        slots=prepared.slots,
+        lines=prepared.lines,
+        debug=prepared if debug_path is not None else None,
+        debug_path=debug_path,
     )
+
+
+def failed(reason: str, start: float) -> Prepared:
+    return Prepared(preprocess.NO_IMAGES, Status.ERROR, error=reason, ms=elapsed_ms(start))
 
 
 def prepare_files(jobs: Sequence[tuple[Path, int, Path | None]]) -> list[Prepared]:
@@ -100,12 +110,35 @@ def elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def write_strip(path: Path, steps: dict[str, np.ndarray]) -> None:
+def write_strip(path: Path, prepared: preprocess.Prepared, row: Row, probs: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(preprocess.strip(steps)).save(path)
+        read = reading.read(probs, prepared.slots, prepared.lines) if len(probs) else None
+        digits = []
+        if read is not None:
+            for k, (i, p) in enumerate(zip(read.images, read.probs, strict=True)):
+                digits.append((prepared.images[i], f"{k + 1}: {int(p.argmax())} {p.max():.2f}"))
+        picture = preprocess.strip(prepared.steps, result(row), prepared.marks, digits)
+        Image.fromarray(picture).save(path)
     except OSError as exc:
         log.warning("cannot write the debug strip %s: %s", path, exc)
+
+
+def result(row: Row) -> str:
+    """The row's reading in one line, for the debug strip's caption."""
+    if row.status is Status.ERROR:
+        return f"error: {row.error}"
+    if row.status is Status.BLANK:
+        return f"blank: {row.note}"
+    parts = [f"{row.status}"]
+    if row.digits:
+        parts += [
+            f"{row.digits} ({row.confidence or 0:.3f})",
+            f"runner-up {row.runner_up} ({row.runner_up_confidence or 0:.3f})",
+        ]
+    if row.note:
+        parts.append(row.note)
+    return "; ".join(parts)
 
 
 def debug_name(name: str) -> str:
@@ -154,6 +187,7 @@ class Reader:
         workers: int | None = None,
         batch_size: int = 64,
         debug_dir: Path | None = None,
+        digits: tuple[int, int] | None = None,
     ) -> None:
         from digit_inbox.daemon.classifier import Classifier  # not in the workers
 
@@ -165,6 +199,7 @@ class Reader:
         self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
         self.batch_size = max(1, batch_size)
         self.debug_dir = debug_dir
+        self.digits = digits  # how many digits a reading must have (min, max); None: any
         self._pool: ProcessPoolExecutor | None = None
 
     def read(self, items: Sequence[tuple[Path, str]]) -> list[Row]:
@@ -259,7 +294,7 @@ class Reader:
             return self._running_pool().submit(prepare_files, [self._job(path, name)]).result()[0]
         except BrokenProcessPool:
             self._restart_pool()
-            return Prepared(None, Status.ERROR, error="the decoder crashed on this file")
+            return failed("the decoder crashed on this file", time.perf_counter())
 
     def _restart_pool(self) -> None:
         if self._pool is not None:
@@ -267,20 +302,22 @@ class Reader:
         self._pool = new_pool(self.workers)
 
     def _classify(self, batch: list[tuple[str, Prepared]]) -> list[Row]:
+        """All the candidate images of the batch in one model call, then each file's string."""
         start = time.perf_counter()
-        ready = [p.image for _, p in batch if p.image is not None]
-        probs = self.classifier.predict(np.stack(ready)) if ready else np.zeros((0, 10))
-        share = elapsed_ms(start) / max(len(ready), 1)
+        images = [p.images for _, p in batch if len(p.images)]
+        probs = self.classifier.predict(np.concatenate(images)) if images else np.zeros((0, 10))
+        share = elapsed_ms(start) / max(len(probs), 1)
         rows, k = [], 0
         for name, prepared in batch:
-            if prepared.image is None:
-                rows.append(self._row(name, prepared, None, 0.0))
-            else:
-                rows.append(self._row(name, prepared, probs[k], share))
-                k += 1
+            mine = probs[k : k + len(prepared.images)]
+            k += len(prepared.images)
+            row = self._row(name, prepared, mine, share * len(mine))
+            if prepared.debug is not None and prepared.debug_path is not None:
+                write_strip(prepared.debug_path, prepared.debug, row, mine)
+            rows.append(row)
         return rows
 
-    def _row(self, name: str, p: Prepared, probs: np.ndarray | None, share: float) -> Row:
+    def _row(self, name: str, p: Prepared, probs: np.ndarray, ms: float) -> Row:
         row = Row(
             file=name,
             status=p.status or Status.OK,
@@ -290,15 +327,11 @@ class Reader:
             height=p.height,
             sha256=p.sha256,
             model=self.model_id,
-            ms=p.ms + share,
+            ms=p.ms + ms,
         )
-        if probs is not None:
-            first, second = (int(i) for i in np.argsort(probs)[::-1][:2])
-            row.digit, row.confidence = str(first), float(probs[first])
-            row.runner_up, row.runner_up_confidence = str(second), float(probs[second])
-            row.digit_confidences = f"{row.confidence:.4f}"
-            if row.confidence < self.min_confidence or p.doubtful:
-                row.status = Status.LOW_CONFIDENCE
+        if p.status is None and p.slots:
+            read = reading.read(probs, p.slots, p.lines)
+            reading.fill(row, read, self.min_confidence, self.digits)
         return row
 
 

@@ -1,8 +1,9 @@
 """The result row: one per scanned file, the same schema for `classify` and the daemon's reports.
 
-Defined once here so the CSV header can never differ between the two. Columns only ever get
-appended (readers index by name); multi-digit scans will put the digit string in `digit` and
-one confidence per digit, joined by spaces, in `digit_confidences`.
+Defined once here so the CSV header can never differ between the two. Readers index columns
+by name. Since numbers are read, `digits` holds the digit string (lines separated by one space)
+and `digit_confidences` one probability per digit; reports written before have a `digit`
+column instead, which tells a reader which schema a file uses.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ class Row:
     file: str  # path as given to `classify`, or relative to the inbox for the daemon
     status: Status
     time: str = ""  # daemon only: ISO 8601 with UTC offset, when the row was written
-    digit: str = ""  # "0".."9"; empty for blank and error
-    confidence: float | None = None  # top softmax probability
-    runner_up: str = ""
+    digits: str = ""  # the digit string read, "7", "4021", "12 345"; empty for blank and error
+    confidence: float | None = None  # the string's: the product of its digits' probabilities
+    runner_up: str = ""  # the likeliest other string: the weakest digit swapped for its second
     runner_up_confidence: float | None = None
-    digit_confidences: str = ""  # one per digit, space separated (multi-digit scans later)
+    digit_confidences: str = ""  # one probability per digit, space separated
     note: str = ""  # e.g. "first of 3 frames"
     error: str = ""  # one-line reason when status is error
     width: int | None = None

@@ -145,6 +145,7 @@ def open_reader(cfg: config.Config) -> Reader:
         workers=r.workers,
         batch_size=r.batch_size,
         debug_dir=None,
+        digits=r.digits,
     )
     return reader
 
@@ -409,12 +410,13 @@ class Daemon:
         status = Status(row.status)
         if status is Status.ERROR:
             return self.paths.failed
-        if status is not Status.OK or not row.digit.isdigit():
+        if status is not Status.OK or not row.digits.replace(" ", "").isdigit():
             return self.paths.review
         if row.duplicate_of and self.cfg.filing.duplicates == "review":
             return self.paths.review
         sub = self.cfg.filing.layout.format(
-            digit=row.digit,
+            digit=row.digits,
+            digits=row.digits,
             date=now.date().isoformat(),
             year=f"{now.year:04d}",
             month=f"{now.month:02d}",
@@ -762,9 +764,11 @@ def describe(row: Row) -> str:
     """One log line per file: `3.png -> 3 (0.998) outbox/3/3.png`."""
     status = Status(row.status)
     if status is Status.OK:
-        result = f"{row.digit} ({row.confidence:.3f})" if row.confidence is not None else row.digit
+        result = (
+            f"{row.digits} ({row.confidence:.3f})" if row.confidence is not None else row.digits
+        )
     elif status is Status.LOW_CONFIDENCE:
-        result = f"{row.digit}? ({row.confidence or 0:.3f}, low confidence)"
+        result = f"{row.digits}? ({row.confidence or 0:.3f}, low confidence)"
     elif status is Status.BLANK:
         result = "blank"
     else:

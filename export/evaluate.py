@@ -278,8 +278,18 @@ def read_mnist(classifier: Classifier, split: mnist.Split, name: str) -> Reading
     return reading(name, classifier, split.labels, prepared)
 
 
+def one_digit(
+    images: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]]
+) -> tuple[np.ndarray | None, bool]:
+    """(the digit's 28x28, held) for a file of a one-digit set: a page read as anything but one
+    plain mark (blank, several marks, a mark that may be two digits) is held for review, as the
+    daemon would hold it whatever the confidence."""
+    plain = len(slots) == 1 and len(slots[0]) == 1
+    return (images[0] if len(images) else None), not plain
+
+
 def _prepare_pages(pages: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, bool]]:
-    return [((p := preprocess.prepare(page)).image, bool(p.doubt)) for page in pages]
+    return [one_digit((p := preprocess.prepare(page)).images, p.slots) for page in pages]
 
 
 def read_pages(classifier: Classifier, pages: np.ndarray, labels: np.ndarray, name: str) -> Reading:
@@ -291,7 +301,7 @@ def read_pages(classifier: Classifier, pages: np.ndarray, labels: np.ndarray, na
 
 
 def _prepare_files(paths: Sequence[Path]) -> list[tuple[np.ndarray | None, bool]]:
-    return [((p := recognize.prepare_file(path)).image, p.doubtful) for path in paths]
+    return [one_digit((p := recognize.prepare_file(path)).images, p.slots) for path in paths]
 
 
 def read_labelled_folder(classifier: Classifier, folder: Path) -> Reading:

@@ -74,6 +74,20 @@ def digit_png(index: int, scale: int = 3) -> tuple[bytes, int]:
     return buffer.getvalue(), int(labels[index])
 
 
+def number_png(*indices: int, scale: int = 3, gap: int = 10) -> tuple[bytes, str]:
+    """A PNG of MNIST test digits written side by side (a number such as 42), and its digits."""
+    from PIL import Image
+
+    digits = [Image.open(io.BytesIO(digit_png(i, scale)[0])) for i in indices]
+    side = 28 * scale
+    page = Image.new("L", (side * (len(digits) + 2) + gap * len(digits), 2 * side), 255)
+    for k, digit in enumerate(digits):
+        page.paste(digit, (side + k * (side + gap), side // 2))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue(), "".join(str(digit_png(i, scale)[1]) for i in indices)
+
+
 # --- Config files.
 
 

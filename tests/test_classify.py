@@ -7,12 +7,13 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from digit_inbox.daemon import cli, rows
 from digit_inbox.daemon.errors import ExitCode
-from tests.helpers import digit_png
+from tests.helpers import digit_png, number_png
 
 SCANS = Path(__file__).parent / "data" / "scans"
 
@@ -51,7 +52,7 @@ def test_a_folder_gives_one_row_per_image_in_sorted_order(capsys, folder):
     labels = {"a.png": digit_png(1)[1], "b.png": digit_png(0)[1], "sub/c.png": digit_png(2)[1]}
     for row in found:
         assert row["status"] == "ok"
-        assert row["digit"] == str(labels[row["file"]])
+        assert row["digits"] == str(labels[row["file"]])
         assert row["sha256"] and row["model"] and row["width"] == "84"
 
 
@@ -77,22 +78,54 @@ def test_a_blank_page_is_read_as_blank_with_exit_status_0(capsys, tmp_path):
     code, out, _ = classify(capsys, str(tmp_path / "blank.png"))
     assert code == ExitCode.OK
     (row,) = parse(out)
-    assert row["status"] == "blank" and row["digit"] == ""
+    assert row["status"] == "blank" and row["digits"] == ""
 
 
-def test_a_number_of_two_digits_is_flagged_for_review_not_read_as_one(capsys, tmp_path):
-    """One digit is read per scan: of 42 it would give 4 or 2, sure of it, and the daemon
-    would file it so. The row says why instead, and low_confidence sends it to review/."""
-    four, two = (Image.open(io.BytesIO(digit_png(i)[0])) for i in (4, 1))  # labels 4 and 2
-    page = Image.new("L", (4 * 84, 2 * 84), 255)
-    page.paste(four, (84, 42))
-    page.paste(two, (84 + 84 + 10, 42))
-    page.save(tmp_path / "42.png")
+def test_a_number_of_two_digits_is_read_as_a_number(capsys, tmp_path):
+    data, _ = number_png(4, 1)  # labels 4 and 2
+    (tmp_path / "42.png").write_bytes(data)
     code, out, _ = classify(capsys, str(tmp_path / "42.png"))
     (row,) = parse(out)
     assert code == ExitCode.OK
-    assert row["status"] == "low_confidence" and row["digit"] in ("4", "2")
-    assert "2 digit-sized marks" in row["note"]
+    assert row["status"] == "ok" and row["digits"] == "42"
+    first, second = (float(c) for c in row["digit_confidences"].split())
+    assert float(row["confidence"]) == pytest.approx(first * second, abs=2e-4)
+    assert len(row["runner_up"]) == 2 and row["runner_up"] != "42"
+
+
+NUMBERS = Path(__file__).parent / "data" / "number-samples"
+
+
+def test_committed_numbers_are_read_whole_with_the_documented_header(capsys):
+    text = (NUMBERS / "labels.csv").read_text()
+    labels = {r["file"]: r["digits"] for r in csv.DictReader(io.StringIO(text))}
+    code, out, _ = classify(capsys, str(NUMBERS))
+    assert code == ExitCode.OK
+    assert out.splitlines()[0] == (
+        "time,file,status,digits,confidence,runner_up,runner_up_confidence,"
+        "digit_confidences,note,error,width,height,sha256,model,ms,moved_to,duplicate_of"
+    )
+    found = {row["file"]: row for row in parse(out)}
+    assert {name: row["digits"] for name, row in found.items()} == labels
+    for row in found.values():
+        confidences = [float(c) for c in row["digit_confidences"].split()]
+        assert len(confidences) == len(row["digits"].replace(" ", ""))
+        assert float(row["confidence"]) == pytest.approx(np.prod(confidences), abs=5e-4)
+
+
+def test_a_reading_of_another_length_than_expected_goes_to_review(capsys, tmp_path):
+    four = Image.open(io.BytesIO(digit_png(4)[0]))
+    four.save(tmp_path / "4.png")
+    code, out, _ = classify(capsys, str(tmp_path / "4.png"), "--digits", "2-3")
+    assert code == ExitCode.OK
+    (row,) = parse(out)
+    assert row["status"] == "low_confidence" and row["digits"] == "4"
+    assert "expected 2 to 3 digits, read 1" in row["note"]
+
+
+def test_a_bad_expected_length_is_a_usage_error(capsys, caplog, tmp_path):
+    code, _, _ = classify(capsys, str(tmp_path), "--digits", "six")
+    assert code == ExitCode.USAGE and "--digits must be auto" in caplog.text
 
 
 def test_a_missing_path_is_a_usage_error_before_any_work(capsys, caplog, folder):
@@ -150,7 +183,7 @@ def test_the_worker_pool_gives_the_same_csv(capsys, folder):
     assert code == ExitCode.OK
 
     def stable(text: str) -> list[tuple[str, ...]]:
-        return [(r["file"], r["status"], r["digit"], r["sha256"]) for r in parse(text)]
+        return [(r["file"], r["status"], r["digits"], r["sha256"]) for r in parse(text)]
 
     assert stable(pooled) == stable(alone)
 
@@ -164,5 +197,5 @@ def test_the_committed_sample_scans_are_read_accurately(capsys):
     found = {r["file"]: r for r in parse(out)}
     assert set(found) == set(labels)
     assert code == ExitCode.OK
-    correct = sum(found[name]["digit"] == label for name, label in labels.items())
+    correct = sum(found[name]["digits"] == label for name, label in labels.items())
     assert correct / len(labels) >= 0.85

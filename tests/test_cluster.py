@@ -81,7 +81,7 @@ def parse(path: Path) -> list[dict[str, str]]:
 
 
 def stable(found: list[dict[str, str]]) -> list[tuple[str, ...]]:
-    return sorted((r["file"], r["status"], r["digit"], r["sha256"]) for r in found)
+    return sorted((r["file"], r["status"], r["digits"], r["sha256"]) for r in found)
 
 
 def test_classify_on_the_cluster_gives_the_rows_of_a_local_run(client, scans, tmp_path, caplog):

@@ -36,7 +36,7 @@ def test_an_empty_file_is_the_documented_defaults_under_var(tmp_path):
     assert cfg.paths.state == tmp_path / "var" / "state"
     assert cfg.watch.rescan_seconds == 300
     assert cfg.watch.observer == "auto"
-    assert cfg.filing.layout == "{digit}"
+    assert cfg.filing.layout == "{digits}"
     assert cfg.log_level == "INFO"
 
 
@@ -152,10 +152,24 @@ def test_filing_folders_on_another_filesystem_than_the_inbox_are_refused(tmp_pat
 
 
 def test_the_layout_must_keep_digits_apart_and_stay_inside_the_outbox(tmp_path):
-    assert "must contain {digit}" in problems_of(tmp_path, "filing: {layout: '{date}'}")[0]
+    assert "must contain {digits}" in problems_of(tmp_path, "filing: {layout: '{date}'}")[0]
     assert "without '..'" in problems_of(tmp_path, "filing: {layout: '../{digit}'}")[0]
     cfg = load_text(tmp_path, "filing: {layout: '{date}/{digit}'}")
-    assert cfg.filing.layout == "{date}/{digit}"
+    assert cfg.filing.layout == "{date}/{digit}"  # the older name keeps working
+    assert load_text(tmp_path, "filing: {layout: '{digits}'}").filing.layout == "{digits}"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", None), (4, (4, 4)), ("'4'", (4, 4)), ("4-6", (4, 6))]
+)
+def test_the_expected_number_of_digits_is_auto_a_number_or_a_range(tmp_path, value, expected):
+    assert load_text(tmp_path, f"recognition: {{digits: {value}}}").recognition.digits == expected
+
+
+@pytest.mark.parametrize("value", ["six", 0, "6-4", "true", "[4]"])
+def test_a_bad_expected_number_of_digits_is_reported_by_its_key_path(tmp_path, value):
+    (problem,) = problems_of(tmp_path, f"recognition: {{digits: {value}}}")
+    assert problem.startswith("recognition.digits: must be")
 
 
 def test_a_model_path_must_name_an_existing_file(tmp_path):

@@ -22,6 +22,7 @@ from tests.helpers import (
     Folders,
     digit_png,
     drop,
+    number_png,
     wait_until,
     write_config,
 )
@@ -59,6 +60,21 @@ def assert_each_exactly_once(
     assert list((folders.inbox / ".digit-inbox" / "processing").iterdir()) == []
 
 
+def test_a_number_is_filed_in_the_folder_of_its_digits_with_one_row(start_daemon, tmp_path):
+    daemon = start_daemon(write_config(tmp_path, filing={"layout": "{date}/{digits}"}))
+    data, digits = number_png(4, 1)  # MNIST test digits 4 and 2
+    assert digits == "42"
+    drop(daemon.folders.inbox, "42.png", data)
+    (row,) = daemon.wait_rows(1)
+    assert row["status"] == "ok" and row["digits"] == "42"
+    first, second = (float(c) for c in row["digit_confidences"].split())
+    assert float(row["confidence"]) == pytest.approx(first * second, abs=2e-4)
+    folder = Path(row["moved_to"]).parent
+    assert folder.name == "42" and folder.parent.parent.name == "outbox"
+    assert (daemon.folders.root / "var" / row["moved_to"]).is_file()
+    assert daemon.stop() == 0
+
+
 def test_copied_renamed_and_slowly_written_files_are_each_read_whole_once(start_daemon, tmp_path):
     daemon = start_daemon()
     inbox = daemon.folders.inbox
@@ -74,7 +90,7 @@ def test_copied_renamed_and_slowly_written_files_are_each_read_whole_once(start_
             time.sleep(0.05)
     rows = {r["file"]: r for r in daemon.wait_rows(3)}
     assert rows["slow.png"]["sha256"] == hashlib.sha256(slow).hexdigest()
-    assert rows["slow.png"]["status"] == "ok" and rows["slow.png"]["digit"] == str(slow_label)
+    assert rows["slow.png"]["status"] == "ok" and rows["slow.png"]["digits"] == str(slow_label)
     assert rows["renamed.png"]["sha256"] == hashlib.sha256(renamed).hexdigest()
     for row in rows.values():
         assert (daemon.folders.root / "var" / row["moved_to"]).is_file()

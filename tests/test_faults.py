@@ -262,7 +262,7 @@ class DigitReader:
             data = path.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
             if data.startswith(b"digit:"):
-                rows.append(Row(name, Status.OK, digit=data[6:7].decode(), sha256=sha))
+                rows.append(Row(name, Status.OK, digits=data[6:7].decode(), sha256=sha))
             else:
                 rows.append(Row(name, Status.ERROR, error="not a digit file", sha256=sha))
         return rows

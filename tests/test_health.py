@@ -96,7 +96,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 def row(name: str, status: Status, digit: str = "") -> Row:
-    return Row(file=name, status=status, digit=digit, time="2030-01-02T03:04:05+00:00")
+    return Row(file=name, status=status, digits=digit, time="2030-01-02T03:04:05+00:00")
 
 
 ROWS = [

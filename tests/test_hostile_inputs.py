@@ -84,7 +84,7 @@ def test_every_exif_orientation_reads_the_same_digit_as_the_upright_scan(start_d
     assert daemon.stop() == 0
     [upright] = [r for r in rows if r["file"] == "exif-1.jpg"]
     assert upright["status"] == "ok"
-    assert {r["digit"] for r in rows} == {upright["digit"]}
+    assert {r["digits"] for r in rows} == {upright["digits"]}
     assert {(r["width"], r["height"]) for r in rows} == {("84", "120")}
 
 

@@ -256,7 +256,7 @@ def assert_usable(cfg: config.Config) -> None:
     for field in ("inbox", "outbox", "review", "failed", "reports", "state"):
         assert getattr(cfg.paths, field).is_absolute()
     day = {"date": "2024-12-31", "year": "2024", "month": "12", "day": "31"}
-    folder = cfg.filing.layout.format(digit="7", **day)
+    folder = cfg.filing.layout.format(digits="7", digit="7", **day)
     parts = Path(folder).parts
     assert parts and not Path(folder).is_absolute() and ".." not in parts
     assert all(len(os.fsencode(p)) <= NAME_MAX for p in parts)

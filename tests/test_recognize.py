@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from digit_inbox.daemon import recognize
-from digit_inbox.daemon.rows import Status
+from digit_inbox.daemon.rows import Row, Status
 from tests.helpers import mnist_test_digits, wait_until
 
 
@@ -61,7 +61,7 @@ def test_rendered_mnist_digits_are_read_accurately(tmp_path):
     files = write_digits(tmp_path, 200)
     with recognize.Reader(workers=0) as reader:
         rows = reader.read([(path, name) for path, name, _ in files])
-    correct = sum(row.digit == str(label) for row, (_, _, label) in zip(rows, files, strict=True))
+    correct = sum(row.digits == str(label) for row, (_, _, label) in zip(rows, files, strict=True))
     assert correct / len(files) >= 0.95
 
 
@@ -73,8 +73,8 @@ def test_each_row_is_complete_and_in_input_order(tmp_path):
     assert [row.file for row in rows] == [name for _, name in items]
     for (path, _), row in zip(items, rows, strict=True):
         assert row.status in (Status.OK, Status.LOW_CONFIDENCE)
-        assert row.digit in "0123456789" and row.runner_up in "0123456789"
-        assert row.digit != row.runner_up
+        assert row.digits in "0123456789" and row.runner_up in "0123456789"
+        assert row.digits != row.runner_up
         assert row.confidence is not None and row.runner_up_confidence is not None
         assert 0 <= row.runner_up_confidence <= row.confidence <= 1
         assert row.digit_confidences == f"{row.confidence:.4f}"
@@ -99,10 +99,10 @@ def test_bad_files_become_error_rows_and_the_rest_are_still_read(tmp_path):
     assert [r.status for r in rows] == [
         Status.ERROR, rows[1].status, Status.ERROR, Status.ERROR, Status.ERROR
     ]  # fmt: skip
-    assert rows[1].digit == str(label)
+    assert rows[1].digits == str(label)
     assert "empty" in rows[0].error and "HTML" in rows[2].error and "not found" in rows[4].error
     for row in (rows[0], rows[2], rows[3], rows[4]):
-        assert row.digit == "" and row.confidence is None and row.error and "\n" not in row.error
+        assert row.digits == "" and row.confidence is None and row.error and "\n" not in row.error
 
 
 def test_a_blank_page_is_a_blank_row(tmp_path):
@@ -111,7 +111,7 @@ def test_a_blank_page_is_a_blank_row(tmp_path):
     with recognize.Reader(workers=0) as reader:
         (row,) = reader.read([(path, "blank.png")])
     assert row.status == Status.BLANK
-    assert row.digit == "" and row.confidence is None
+    assert row.digits == "" and row.confidence is None
     assert row.note  # says why
     assert row.sha256 and row.width == 300
 
@@ -126,7 +126,7 @@ def test_low_confidence_follows_min_confidence(tmp_path):
         (low,) = reader.read(items)
     with recognize.Reader(workers=0, min_confidence=row.confidence - 1e-3) as reader:
         (sure,) = reader.read(items)
-    assert low.status == Status.LOW_CONFIDENCE and low.digit == row.digit
+    assert low.status == Status.LOW_CONFIDENCE and low.digits == row.digits
     assert sure.status == Status.OK
 
 
@@ -145,7 +145,7 @@ def test_the_worker_pool_reads_like_one_process_and_is_reused(tmp_path):
     reader.close()  # twice is fine
 
     def key(row):
-        return row.file, row.status, row.digit, row.sha256, row.error
+        return row.file, row.status, row.digits, row.sha256, row.error
 
     assert [key(r) for r in first] == [key(r) for r in alone]
     assert [key(r) for r in again] == [key(r) for r in reversed(alone)]
@@ -162,11 +162,21 @@ def test_debug_strips_are_written_per_file(tmp_path):
     assert Image.open(strips[0]).height > 28
 
 
+def test_the_strip_caption_says_what_was_read_or_why_nothing_was():
+    blank = Row("b.png", Status.BLANK, note="no ink darker than the paper")
+    assert recognize.result(blank) == "blank: no ink darker than the paper"
+    row = Row("n.png", Status.LOW_CONFIDENCE, digits="42", confidence=0.5, runner_up="47")
+    row.runner_up_confidence, row.note = 0.2, "digit 2 of 2 is unsure (0.52)"
+    caption = recognize.result(row)
+    assert caption.startswith("low_confidence; 42 (0.500); runner-up 47 (0.200)")
+    assert caption.endswith("digit 2 of 2 is unsure (0.52)")
+
+
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
     (path, _, _), *_ = write_digits(tmp_path, 1)
     prepared = recognize.prepare_file(path)
-    assert prepared.image is not None and prepared.image.shape == (28, 28)
-    assert len(pickle.dumps(prepared)) < 10_000
+    assert prepared.images.shape == (1, 28, 28) and prepared.slots == [((0,),)]
+    assert prepared.debug is None and len(pickle.dumps(prepared)) < 10_000
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", ".hidden", "a b/c?.png", "x" * 300])

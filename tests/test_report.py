@@ -14,7 +14,7 @@ from digit_inbox.daemon.rows import Row, Status
 
 
 def line(name: str, digit: str = "3") -> bytes:
-    return report.encode_line(Row(file=name, status=Status.OK, digit=digit, confidence=0.99))
+    return report.encode_line(Row(file=name, status=Status.OK, digits=digit, confidence=0.99))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -92,7 +92,7 @@ def test_missing_finds_only_lines_not_written_since_an_offset(tmp_path):
 
 def test_replace_cell_changes_one_cell_and_keeps_the_others_byte_for_byte(tmp_path):
     original = report.encode_line(
-        Row(file='a "quoted", name.png', status=Status.OK, digit="3", moved_to="outbox/3/a.png")
+        Row(file='a "quoted", name.png', status=Status.OK, digits="3", moved_to="outbox/3/a.png")
     )
     changed = report.replace_cell(original, "moved_to", "outbox/3/a_1.png")
     assert changed == original.replace(b"outbox/3/a.png", b"outbox/3/a_1.png")

@@ -56,7 +56,7 @@ def test_a_resumed_run_into_a_new_file_gives_the_same_rows_as_a_plain_run(scans,
     assert classify(scans, "-o", tmp_path / "resumed.csv", "--resume") == ExitCode.OK
 
     def stable(path: Path) -> list[tuple[str, ...]]:
-        return [(r["file"], r["status"], r["digit"], r["sha256"]) for r in read_csv(path)]
+        return [(r["file"], r["status"], r["digits"], r["sha256"]) for r in read_csv(path)]
 
     assert stable(tmp_path / "resumed.csv") == stable(tmp_path / "plain.csv")
 
@@ -98,7 +98,7 @@ def test_a_file_changed_since_its_row_is_read_again(scans, tmp_path, caplog):
     caplog.clear()
     classify(scans, "-o", out, "--resume")
     found = [r for r in read_csv(out) if r["file"] == "003.png"]
-    assert [r["digit"] for r in found] == [str(digit_png(3)[1]), str(digit_png(40)[1])]
+    assert [r["digits"] for r in found] == [str(digit_png(3)[1]), str(digit_png(40)[1])]
     assert "003.png changed since its row was written" in caplog.text
 
 

@@ -196,11 +196,11 @@ def fabricated_labels() -> list[scans.Label]:
 def test_accuracy_from_a_classify_csv_counts_blank_error_and_missing_files_as_wrong() -> None:
     csv_text = header_line() + format_rows(
         [
-            Row("in/a.png", Status.OK, digit="1", confidence=0.99),
-            Row("in/b.png", Status.LOW_CONFIDENCE, digit="2", confidence=0.41),
+            Row("in/a.png", Status.OK, digits="1", confidence=0.99),
+            Row("in/b.png", Status.LOW_CONFIDENCE, digits="2", confidence=0.41),
             Row("in/c.png", Status.BLANK),
             Row("in/d.png", Status.ERROR, error="cannot identify image file"),
-            Row("-e.png", Status.OK, digit="5", confidence=0.97),  # written as '-e.png
+            Row("-e.png", Status.OK, digits="5", confidence=0.97),  # written as '-e.png
         ]
     )
 

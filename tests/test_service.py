@@ -36,7 +36,7 @@ class FakeReader:
             sha = hashlib.sha256(data).hexdigest()
             if data.startswith(b"digit:"):
                 digit = data[6:7].decode()
-                rows.append(Row(name, Status.OK, digit=digit, confidence=0.9, sha256=sha))
+                rows.append(Row(name, Status.OK, digits=digit, confidence=0.9, sha256=sha))
             else:
                 rows.append(Row(name, Status.ERROR, error="not a digit file", sha256=sha))
         return rows
