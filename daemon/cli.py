@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     data.add_argument("--download", action="store_true", help="fetch missing files first")
 
+    correct = sub.add_parser(
+        "correct",
+        help="record a person's reading of a file in review/ or the outbox, and file it",
+        epilog="The file moves where the daemon would have put it for that reading (DIGITS "
+        "'none': failed/), and the day's report gets a `corrected` row.",
+    )
+    correct.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    correct.add_argument("file", metavar="FILE", help="a path, or the file's name in the report")
+    correct.add_argument("digits", metavar="DIGITS", help="the digits read, or 'none'")
+
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
@@ -169,6 +179,10 @@ def dispatch(args: argparse.Namespace) -> int:
             images = mnist.load_split(data_dir, split).images
             print(f"{split}: {len(images)} images, MD5 verified ({data_dir})")
         return ExitCode.OK
+    if args.command == "correct":
+        from digit_inbox.daemon import corrections
+
+        return corrections.main(args.config, args.file, args.digits)
     if args.command == "evaluate":
         from digit_inbox.export import evaluate, mnist
 

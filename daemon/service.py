@@ -392,7 +392,7 @@ class Daemon:
             row, e = w.row, w.entry
             row.time = stamp
             row.file = e.name
-            if row.sha256:
+            if row.sha256 and row.status is not Status.CORRECTED:
                 row.duplicate_of = seen.get(row.sha256) or self.journal.first_with(row.sha256) or ""
             e.dest = self.free_name(self.folder_for(row, now), e.original.name, taken)
             taken.add(e.dest)
@@ -407,9 +407,9 @@ class Daemon:
 
     def folder_for(self, row: Row, now: datetime) -> Path:
         status = Status(row.status)
-        if status is Status.ERROR:
-            return self.paths.failed
-        if status is not Status.OK or not row.digit.isdigit():
+        if status is Status.ERROR or (status is Status.CORRECTED and not row.digit):
+            return self.paths.failed  # unreadable, or a person said "not a number"
+        if status not in (Status.OK, Status.CORRECTED) or not row.digit.isdigit():
             return self.paths.review
         if row.duplicate_of and self.cfg.filing.duplicates == "review":
             return self.paths.review
@@ -480,7 +480,7 @@ class Daemon:
                 filing.place(e.claim, e.dest)
             except FileExistsError:
                 self.rename_destination(w)
-        if e.status == Status.ERROR.value:
+        if e.status == Status.ERROR.value or e.error:  # failed/, or "not a number"
             filing.write_note(e.dest, self.note_text(e))
 
     def rename_destination(self, w: Work) -> None:
@@ -767,6 +767,8 @@ def describe(row: Row) -> str:
         result = f"{row.digit}? ({row.confidence or 0:.3f}, low confidence)"
     elif status is Status.BLANK:
         result = "blank"
+    elif status is Status.CORRECTED:
+        result = f"{row.digit or 'not a number'} (a person's decision; {row.note})"
     else:
         result = f"error: {row.error}"
     duplicate = f" (duplicate of {row.duplicate_of})" if row.duplicate_of else ""
