@@ -118,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     correct.add_argument("file", metavar="FILE", help="a path, or the file's name in the report")
     correct.add_argument("digits", metavar="DIGITS", help="the digits read, or 'none'")
 
+    learn = sub.add_parser(
+        "learn",
+        help="adapt the model to the recorded decisions (needs the [learn] extra)",
+        epilog="Exit status: 0 when the candidate passed the gate and was written, 1 when it "
+        "did not (nothing written), 2 with too few decisions, 3 for a bad config.",
+    )
+    learn.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    learn.add_argument("--output", "-o", type=Path, required=True, help="candidate ONNX to write")
+    learn.add_argument(
+        "--promote",
+        action="store_true",
+        help="also install it as recognition.model (atomically, keeping the previous one)",
+    )
+    learn.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
@@ -183,6 +198,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from digit_inbox.daemon import corrections
 
         return corrections.main(args.config, args.file, args.digits)
+    if args.command == "learn":
+        from digit_inbox.daemon import learn
+
+        return learn.main(args.config, args.output, args.promote, args.data_dir)
     if args.command == "evaluate":
         from digit_inbox.export import evaluate, mnist
 
@@ -206,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted")
         return int(ExitCode.INTERRUPTED)
     except ImportError as exc:
+        if exc.name == "onnx" and args.command == "learn":
+            log.error("learn needs the onnx package: pip install 'digit-inbox[learn]'")
+            return int(ExitCode.USAGE)
         if exc.name in ("torch", "onnx"):
             log.error("%s needs the training extra: pip install 'digit-inbox[train]'", exc.name)
             return int(ExitCode.USAGE)

@@ -23,6 +23,7 @@ the inbox or the observer is a RuntimeFault (exit 6): systemd restarts the daemo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -181,8 +182,9 @@ class Daemon:
     def __init__(self, cfg: config.Config, reader_factory: Callable[[], Reader] | None = None):
         self.cfg = cfg
         self.paths = cfg.paths
-        self.reader_factory = reader_factory or (lambda: open_reader(cfg))
+        self.reader_factory = reader_factory or (lambda: open_reader(self.cfg))
         self.stopping = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP: read with the model file as it is now
         self.tag = hashlib.sha1(os.fsencode(os.path.realpath(cfg.paths.state))).hexdigest()[:8]
         self.names = filing.ClaimNames(self.tag)
         inside = {p for p in vars(cfg.paths).values() if cfg.paths.inbox in p.parents}
@@ -203,7 +205,7 @@ class Daemon:
         with (
             StateLock(self.paths.state),
             Journal(self.cfg.journal_file) as self.journal,
-            contextlib.closing(self.reader_factory()) as self.reader,
+            self.reading_with(self.reader_factory()),
             self.signals(),
         ):
             self.model_id = self.reader.model_id
@@ -235,6 +237,11 @@ class Daemon:
         with ThreadPoolExecutor(1, thread_name_prefix="digit-inbox-read") as reader_thread:
             try:
                 while not self.stopping.is_set():
+                    if self.reload_requested.is_set():
+                        if reading is not None:  # the batch in hand, with the model that read it
+                            self.file_settled(reading.result())
+                            reading = None
+                        self.reload()
                     self.watcher.check()
                     ready, recheck = self.pending.take(self.cfg.recognition.batch_size)
                     claimed = self.claim(ready) if ready else []
@@ -252,6 +259,35 @@ class Daemon:
             finally:
                 if reading is not None:  # the batch in hand is finished, even when stopping
                     self.file_settled(reading.result())
+
+    @contextlib.contextmanager
+    def reading_with(self, reader: Reader) -> Iterator[None]:
+        """`self.reader` for the run; a reload may replace it, and the current one is closed."""
+        self.reader = reader
+        try:
+            yield
+        finally:
+            self.reader.close()
+
+    def reload(self) -> None:
+        """SIGHUP: switch to the configured model file as it is now (after `learn --promote`).
+
+        Between batches, so every row names the model that read it. A model that does not load,
+        or does not match the config's pin (read again now), leaves the current one in use.
+        """
+        self.reload_requested.clear()
+        try:
+            fresh = config.load(self.cfg.source, check_folders=False)
+            verify_model(model_path(fresh.recognition), fresh.recognition.model_sha256)
+            self.cfg = dataclasses.replace(self.cfg, recognition=fresh.recognition)
+            reader = self.reader_factory()
+        except Exception as exc:
+            log.error("reload: keeping model %s: %s", self.model_id, exc)
+            return
+        old, self.reader = self.reader, reader
+        old.close()
+        self.model_id = self.health.model_id = reader.model_id
+        log.info("reloaded: reading with model %s", self.model_id)
 
     def file_settled(self, work: list[Work]) -> None:
         """File what was read; forget the claims of files that were put back to settle."""
@@ -729,10 +765,16 @@ class Daemon:
             self.stopping.set()
             self.pending.wake()
 
+        def reload(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: loading the model again after the batch in hand")
+            self.reload_requested.set()
+            self.pending.wake()
+
         if threading.current_thread() is not threading.main_thread():
             yield  # embedded in a test or a tool: the caller stops it with `stop()`
             return
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
         try:
             yield
         finally:
