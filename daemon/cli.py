@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
 
+    review = sub.add_parser("review", help="serve the review page (needs the [review] extra)")
+    review.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    review.add_argument(
+        "--listen",
+        default=None,
+        help="HOST:PORT (default 127.0.0.1:8765); other than loopback needs a token",
+    )
+
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
@@ -202,6 +210,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from digit_inbox.daemon import learn
 
         return learn.main(args.config, args.output, args.promote, args.data_dir)
+    if args.command == "review":
+        from digit_inbox.daemon import review
+
+        return review.main(args.config, args.listen)
     if args.command == "evaluate":
         from digit_inbox.export import evaluate, mnist
 

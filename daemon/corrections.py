@@ -33,6 +33,7 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 NOT_A_NUMBER = "none"
 NOT_A_NUMBER_REASON = "not a number (a person's decision)"
+# The note of a decision taken back (the review page's undo): the file returns to review/.
+UNDO_NOTE = "undo: back to review"
 
 SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -106,6 +109,7 @@ class Corrector(Daemon):
         self.tag = "c" + secrets.token_hex(6)
         self.names = filing.ClaimNames(self.tag)
         self.notifier = Notifier(None, None)
+        self.undoing = False  # an undo may take a file back from failed/
         config.make_folders(cfg)
         self.lock_fd = os.open(
             cfg.paths.state / "corrections.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
@@ -149,9 +153,14 @@ class Corrector(Daemon):
         prepared = prepare_file(path, self.cfg.recognition.max_pixels)
         sha256 = prepared.sha256 or sha256_of(path)
         row = decision_row(previous, path.name, sha256, digits)
+        return self.file_decision(path, row, previous, prepared.image)
+
+    def file_decision(
+        self, path: Path, row: Row, previous: Row | None, image: np.ndarray | None
+    ) -> Row:
         entry = Entry(self.names.next_id(), Path(), path, row.file, time.time())
         entry.claim = self.paths.processing / self.names.file_name(entry.claim_id, path.name)
-        self.store_sample(entry.claim_id, row, previous, prepared.image)
+        self.store_sample(entry.claim_id, row, previous, image)
         self.record(claimed=[entry])
         try:
             filing.claim(entry.original, entry.claim)
@@ -191,6 +200,28 @@ class Corrector(Daemon):
                 self.forgotten.append(e.claim_id)
         self.mark_finished()
 
+    def undo(self, moved_to: str) -> Row:
+        """Take a decision back: a new `corrected` row that returns the file to review/."""
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            self.recover()
+            self.undoing = True
+            path, previous = self.locate(moved_to, report_rows(self.paths.reports))
+            from digit_inbox.daemon.recognize import prepare_file
+
+            prepared = prepare_file(path, self.cfg.recognition.max_pixels)
+            row = decision_row(previous, path.name, prepared.sha256 or sha256_of(path), "")
+            row.note, row.error = f"{UNDO_NOTE} (was {previous.digit if previous else '?'})", ""
+            return self.file_decision(path, row, previous, None)
+        finally:
+            self.undoing = False
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def folder_for(self, row: Row, now: datetime) -> Path:
+        if Status(row.status) is Status.CORRECTED and row.note.startswith(UNDO_NOTE):
+            return self.paths.review
+        return super().folder_for(row, now)
+
     # --- Finding the file and what the model read.
 
     def locate(self, file: str, rows: list[Row]) -> tuple[Path, Row | None]:
@@ -214,20 +245,7 @@ class Corrector(Daemon):
         return self.contained(root / latest.moved_to), latest
 
     def contained(self, path: Path) -> Path:
-        """`path` resolved, if it is a regular file under review/ or the outbox."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file (was it moved or corrected already?)") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{path}: {filing.kind(st.st_mode)}; only files can be corrected")
-        real = Path(os.path.realpath(path))
-        for folder in (self.paths.review, self.paths.outbox):
-            if real.is_relative_to(os.path.realpath(folder)):
-                return real
-        raise UsageError(
-            f"{path}: only files in {self.paths.review} or {self.paths.outbox} can be corrected"
-        )
+        return contained(self.paths, path, self.undoing)
 
     # --- The learning store.
 
@@ -236,6 +254,8 @@ class Corrector(Daemon):
     ) -> None:
         reading = previous.digit if previous is not None else ""
         kind = "confirmed" if reading and reading == row.digit else "corrected"
+        if row.note.startswith(UNDO_NOTE):
+            kind = "undone"
         with self.journal.transaction():
             self.journal.db.execute(
                 "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -261,6 +281,23 @@ class Corrector(Daemon):
         fields = json.loads(text)
         fields["status"] = Status(fields["status"])
         return Row(**fields)
+
+
+def contained(paths: config.Paths, path: Path, undo: bool = False) -> Path:
+    """`path` resolved, if it is a regular file (not a symbolic link) under review/ or the
+    outbox (or failed/, to undo a "not a number"); UsageError otherwise. `..` and linked
+    folders are resolved before the check."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"{path}: no such file (was it moved or corrected already?)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path}: {filing.kind(st.st_mode)}; only files can be corrected")
+    real = Path(os.path.realpath(path))
+    for folder in (paths.review, paths.outbox, *((paths.failed,) if undo else ())):
+        if real.is_relative_to(os.path.realpath(folder)):
+            return real
+    raise UsageError(f"{path}: only files in {paths.review} or {paths.outbox} can be corrected")
 
 
 def samples(cfg: config.Config) -> list[Sample]:
@@ -343,6 +380,8 @@ def parse_row(cells: dict[str, str]) -> Row:
         sha256=cells.get("sha256", ""),
         model=cells.get("model", ""),
         moved_to=unneutralise(cells.get("moved_to", "")),
+        runner_up=cells.get("runner_up", ""),
+        runner_up_confidence=number(cells.get("runner_up_confidence")),
     )
 
 

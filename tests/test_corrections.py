@@ -233,3 +233,24 @@ def test_corrections_killed_with_sigkill_beside_a_running_daemon_are_filed_once(
     drop(folders.inbox, "after.png", digit_png(20)[0])
     daemon.wait_rows(7)
     assert daemon.stop() == 0
+
+
+def test_an_undo_is_a_new_row_that_returns_the_file_to_review(office):
+    cfg_path, folders = office
+    cfg = config.load(cfg_path)
+    with corrections.Corrector(cfg) as corrector:
+        corrector.correct("a.png", "7")
+        corrector.undo(str(folders.outbox / "7" / "a.png"))
+    assert (folders.review / "a.png").is_file()
+    assert [(r["digit"], r["moved_to"]) for r in corrected_rows(folders)] == [
+        ("7", "outbox/7/a.png"),
+        ("", "review/a.png"),
+    ]
+    assert corrected_rows(folders)[1]["note"].startswith(corrections.UNDO_NOTE)
+    assert learn_labels(cfg) == []  # the decision taken back is not learnt from
+
+
+def learn_labels(cfg: config.Config) -> list[int]:
+    from digit_inbox.daemon import learn
+
+    return learn.usable(corrections.samples(cfg))[1].tolist()

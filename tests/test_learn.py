@@ -97,6 +97,12 @@ def test_the_gate_wants_more_held_out_right_and_at_most_a_tenth_of_a_point_less_
     assert learn.Outcome(*held, *mnist, held=5, trained=20).passes is passes
 
 
+def test_as_many_held_out_right_passes_only_with_a_lower_loss():
+    same = (0.9, 0.9, 0.99, 0.99)
+    assert learn.Outcome(*same, 5, 20, before_loss=0.3, after_loss=0.2).passes
+    assert not learn.Outcome(*same, 5, 20, before_loss=0.3, after_loss=0.3).passes
+
+
 @pytest.fixture
 def office_with_decisions(tmp_path):
     """Twelve scans in review/, each decided by a person, with labels that contradict the ink."""
