@@ -94,6 +94,7 @@ class Surgery:
         weight = numpy_helper.to_array(self.initializers[names[1]]).astype(np.float64)
         bias = numpy_helper.to_array(self.initializers[names[2]]).astype(np.float64)
         self.head = Head(weight if self.trans_b else weight.T, bias.reshape(-1))
+        self.cache: dict[tuple[Path, int], tuple[np.ndarray, ...]] = {}
 
     def feature_session(self) -> Any:
         """An onnxruntime session whose outputs are the features and the probabilities."""
@@ -108,6 +109,26 @@ class Surgery:
         return ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
+
+    def mnist_features(self, mnist_dir: Path, replay: int) -> tuple[np.ndarray, ...]:
+        """Features and labels of `replay` MNIST training images and of MNIST test (computed
+        once per model: a benchmark adapts one model many times)."""
+        from digit_inbox.export import mnist
+
+        key = (mnist_dir, replay)
+        if key not in self.cache:
+            session = self.feature_session()
+            train = mnist.load_split(mnist_dir, "train")
+            test = mnist.load_split(mnist_dir, "test")
+            count = min(replay, len(train.images))
+            chosen = np.random.default_rng(0).choice(len(train.images), count, replace=False)
+            self.cache[key] = (
+                features(session, train.images[chosen] / 255.0),
+                train.labels[chosen].astype(np.int64),
+                features(session, test.images / 255.0),
+                test.labels.astype(np.int64),
+            )
+        return self.cache[key]
 
     def with_head(self, head: Head, model_id: str) -> bytes:
         import onnx
@@ -231,29 +252,23 @@ def adapt(
     replay: int | None = None,
 ) -> tuple[Head, Outcome]:
     """Fit a new head on the decisions not held out (with MNIST replay); judge it."""
-    from digit_inbox.export import mnist
 
     session = surgery.feature_session()
     x = features(session, images)
-    train = mnist.load_split(mnist_dir, "train")
-    test = mnist.load_split(mnist_dir, "test")
-    count = min(replay or REPLAY, len(train.images))
-    chosen = np.random.default_rng(0).choice(len(train.images), count, replace=False)
-    replay_x = features(session, train.images[chosen] / 255.0)
-    test_x = features(session, test.images / 255.0)
+    replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
     start = surgery.head
     head = fit(
         start,
         [
             (x[~hold], labels[~hold], DECISION_WEIGHT),
-            (replay_x, train.labels[chosen].astype(np.int64), 1 - DECISION_WEIGHT),
+            (replay_x, replay_y, 1 - DECISION_WEIGHT),
         ],
     )
     outcome = Outcome(
         start.accuracy(x[hold], labels[hold]),
         head.accuracy(x[hold], labels[hold]),
-        start.accuracy(test_x, test.labels),
-        head.accuracy(test_x, test.labels),
+        start.accuracy(test_x, test_y),
+        head.accuracy(test_x, test_y),
         int(hold.sum()),
         int((~hold).sum()),
         start.loss(x[hold], labels[hold]),
