@@ -39,7 +39,7 @@ MAX_MNIST_DROP = 0.001  # 0.1 points of MNIST test accuracy
 REPLAY = 10_000  # MNIST training images replayed beside the decisions
 STEPS = 300
 L2 = 1e-3  # pull toward the current weights
-DECISION_WEIGHT = 0.5  # the decisions' share of the loss; MNIST replay has the rest
+DECISION_WEIGHT = 0.2  # the decisions' share of the loss; MNIST replay has the rest
 
 
 @dataclass
