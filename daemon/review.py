@@ -274,8 +274,8 @@ def main(config_path: Path, listen: str | None) -> int:
     import uvicorn
 
     cfg = config.load(config_path)
-    host, port = parse_listen(listen or DEFAULT_LISTEN)
-    token = os.environ.get("DIGIT_INBOX_REVIEW_TOKEN") or None
+    host, port = parse_listen(listen or cfg.review.listen)
+    token = os.environ.get("DIGIT_INBOX_REVIEW_TOKEN") or cfg.review.token
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     app = create_app(cfg, token)

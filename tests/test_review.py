@@ -199,3 +199,14 @@ def test_three_files_decided_by_keyboard_in_a_real_browser(tmp_path):
     assert rows[-1]["moved_to"].startswith("review/")
     placed = sorted(p.relative_to(folders.root / "var").as_posix() for p in folders.filed())
     assert len(placed) == 3 and sum(p.startswith("review/") for p in placed) == 1
+
+
+def test_the_config_checks_the_review_keys(tmp_path):
+    from digit_inbox.daemon.errors import ConfigError
+
+    bad = write_config(tmp_path, review={"token": "short", "listen": "nowhere"})
+    with pytest.raises(ConfigError) as caught:
+        config.load(bad)
+    assert "review.token" in str(caught.value) and "review.listen" in str(caught.value)
+    good = write_config(tmp_path, review={"token": "s" * 20, "listen": "0.0.0.0:9000"})
+    assert config.load(good).review == config.Review("0.0.0.0:9000", "s" * 20)
