@@ -168,3 +168,26 @@ def test_sighup_switches_the_running_daemon_to_the_promoted_model(tmp_path, star
     assert [r["model"] for r in rows] == [first["model"], "adapted-test"]
     assert first["model"] != "adapted-test"
     assert daemon.stop() == 0
+
+
+def test_a_passing_candidate_is_written_and_promoted_keeping_the_previous_model(
+    office_with_decisions, tmp_path, capsys, monkeypatch
+):
+    """The wiring after the gate (the gate itself is tested above): written, installed, named."""
+    cfg_path, folders = office_with_decisions
+    model = tmp_path / "model.onnx"
+    model.write_bytes(embedded_model().read_bytes())
+    promoted = write_config(folders.root, recognition={"model": str(model)})
+    assert promoted == cfg_path
+
+    def passing(surgery, *args, **kwargs):
+        return surgery.head, learn.Outcome(0.5, 0.6, 0.99, 0.99, held=2, trained=10)
+
+    monkeypatch.setattr(learn, "adapt", passing)
+    out = tmp_path / "candidate.onnx"
+    assert main(["learn", "-c", str(cfg_path), "-o", str(out), "--promote"]) == 0
+    assert "promoted to" in capsys.readouterr().out
+    assert Classifier(out).model_id.startswith("adapted-")
+    assert model.read_bytes() == out.read_bytes()
+    kept = [p for p in tmp_path.glob("model.*.onnx")]
+    assert len(kept) == 1 and kept[0].read_bytes() == embedded_model().read_bytes()
