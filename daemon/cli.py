@@ -140,6 +140,39 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     data.add_argument("--download", action="store_true", help="fetch missing files first")
 
+    correct = sub.add_parser(
+        "correct",
+        help="record a person's reading of a file in review/ or the outbox, and file it",
+        epilog="The file moves where the daemon would have put it for that reading (DIGITS "
+        "'none': failed/), and the day's report gets a `corrected` row.",
+    )
+    correct.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    correct.add_argument("file", metavar="FILE", help="a path, or the file's name in the report")
+    correct.add_argument("digits", metavar="DIGITS", help="the digits read, or 'none'")
+
+    learn = sub.add_parser(
+        "learn",
+        help="adapt the model to the recorded decisions (needs the [learn] extra)",
+        epilog="Exit status: 0 when the candidate passed the gate and was written, 1 when it "
+        "did not (nothing written), 2 with too few decisions, 3 for a bad config.",
+    )
+    learn.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    learn.add_argument("--output", "-o", type=Path, required=True, help="candidate ONNX to write")
+    learn.add_argument(
+        "--promote",
+        action="store_true",
+        help="also install it as recognition.model (atomically, keeping the previous one)",
+    )
+    learn.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
+
+    review = sub.add_parser("review", help="serve the review page (needs the [review] extra)")
+    review.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    review.add_argument(
+        "--listen",
+        default=None,
+        help="HOST:PORT (default 127.0.0.1:8765); other than loopback needs a token",
+    )
+
     evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
@@ -226,6 +259,18 @@ def dispatch(args: argparse.Namespace) -> int:
             images = mnist.load_split(data_dir, split).images
             print(f"{split}: {len(images)} images, MD5 verified ({data_dir})")
         return ExitCode.OK
+    if args.command == "correct":
+        from digit_inbox.daemon import corrections
+
+        return corrections.main(args.config, args.file, args.digits)
+    if args.command == "learn":
+        from digit_inbox.daemon import learn
+
+        return learn.main(args.config, args.output, args.promote, args.data_dir)
+    if args.command == "review":
+        from digit_inbox.daemon import review
+
+        return review.main(args.config, args.listen)
     if args.command == "evaluate":
         from digit_inbox.export import evaluate, mnist, usps
 
@@ -255,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted")
         return int(ExitCode.INTERRUPTED)
     except ImportError as exc:
+        if exc.name == "onnx" and args.command == "learn":
+            log.error("learn needs the onnx package: pip install 'digit-inbox[learn]'")
+            return int(ExitCode.USAGE)
         if exc.name in ("torch", "onnx"):
             log.error("%s needs the training extra: pip install 'digit-inbox[train]'", exc.name)
             return int(ExitCode.USAGE)

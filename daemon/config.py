@@ -118,6 +118,14 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Review:
+    """`digit-inbox review`: where the page listens, and the token other addresses need."""
+
+    listen: str = "127.0.0.1:8765"
+    token: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     paths: Paths
@@ -126,6 +134,7 @@ class Config:
     filing: Filing
     metrics: Metrics
     log_level: str
+    review: Review = Review()
 
     @property
     def journal_file(self) -> Path:
@@ -254,6 +263,19 @@ def sha256_hex(value: Any) -> str:
     return value.lower()
 
 
+def listen_address(value: Any) -> str:
+    host, sep, port = str(value).rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"must be HOST:PORT such as 127.0.0.1:8765, got {describe(value)}")
+    return str(value)
+
+
+def token(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 16 or not value.isprintable() or " " in value:
+        raise Invalid("must be at least 16 printable characters without spaces (a secret)")
+    return value
+
+
 def layout(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid(f"must be a string such as '{{digits}}', got {describe(value)}")
@@ -323,6 +345,10 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
         "metrics": {
             "textfile": (optional(path), None),
             "interval_seconds": (real(1, 86400), 15.0),
+        },
+        "review": {
+            "listen": (listen_address, "127.0.0.1:8765"),
+            "token": (optional(token), None),
         },
     }
 
@@ -559,6 +585,7 @@ def load(path: Path, *, check_folders: bool = True) -> Config:
         filing=Filing(**values["filing"]),
         metrics=Metrics(**values["metrics"]),
         log_level=values[""]["log_level"].upper(),
+        review=Review(**values["review"]),
     )
 
 

@@ -21,6 +21,7 @@ class Status(str, Enum):
     LOW_CONFIDENCE = "low_confidence"
     BLANK = "blank"
     ERROR = "error"
+    CORRECTED = "corrected"  # a person's decision (`digit-inbox correct`, the review page)
 
     def __str__(self) -> str:
         return self.value

@@ -23,6 +23,7 @@ the inbox or the observer is a RuntimeFault (exit 6): systemd restarts the daemo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -182,8 +183,9 @@ class Daemon:
     def __init__(self, cfg: config.Config, reader_factory: Callable[[], Reader] | None = None):
         self.cfg = cfg
         self.paths = cfg.paths
-        self.reader_factory = reader_factory or (lambda: open_reader(cfg))
+        self.reader_factory = reader_factory or (lambda: open_reader(self.cfg))
         self.stopping = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP: read with the model file as it is now
         self.tag = hashlib.sha1(os.fsencode(os.path.realpath(cfg.paths.state))).hexdigest()[:8]
         self.names = filing.ClaimNames(self.tag)
         inside = {p for p in vars(cfg.paths).values() if cfg.paths.inbox in p.parents}
@@ -204,7 +206,7 @@ class Daemon:
         with (
             StateLock(self.paths.state),
             Journal(self.cfg.journal_file) as self.journal,
-            contextlib.closing(self.reader_factory()) as self.reader,
+            self.reading_with(self.reader_factory()),
             self.signals(),
         ):
             self.model_id = self.reader.model_id
@@ -236,6 +238,11 @@ class Daemon:
         with ThreadPoolExecutor(1, thread_name_prefix="digit-inbox-read") as reader_thread:
             try:
                 while not self.stopping.is_set():
+                    if self.reload_requested.is_set():
+                        if reading is not None:  # the batch in hand, with the model that read it
+                            self.file_settled(reading.result())
+                            reading = None
+                        self.reload()
                     self.watcher.check()
                     ready, recheck = self.pending.take(self.cfg.recognition.batch_size)
                     claimed = self.claim(ready) if ready else []
@@ -253,6 +260,35 @@ class Daemon:
             finally:
                 if reading is not None:  # the batch in hand is finished, even when stopping
                     self.file_settled(reading.result())
+
+    @contextlib.contextmanager
+    def reading_with(self, reader: Reader) -> Iterator[None]:
+        """`self.reader` for the run; a reload may replace it, and the current one is closed."""
+        self.reader = reader
+        try:
+            yield
+        finally:
+            self.reader.close()
+
+    def reload(self) -> None:
+        """SIGHUP: switch to the configured model file as it is now (after `learn --promote`).
+
+        Between batches, so every row names the model that read it. A model that does not load,
+        or does not match the config's pin (read again now), leaves the current one in use.
+        """
+        self.reload_requested.clear()
+        try:
+            fresh = config.load(self.cfg.source, check_folders=False)
+            verify_model(model_path(fresh.recognition), fresh.recognition.model_sha256)
+            self.cfg = dataclasses.replace(self.cfg, recognition=fresh.recognition)
+            reader = self.reader_factory()
+        except Exception as exc:
+            log.error("reload: keeping model %s: %s", self.model_id, exc)
+            return
+        old, self.reader = self.reader, reader
+        old.close()
+        self.model_id = self.health.model_id = reader.model_id
+        log.info("reloaded: reading with model %s", self.model_id)
 
     def file_settled(self, work: list[Work]) -> None:
         """File what was read; forget the claims of files that were put back to settle."""
@@ -393,7 +429,7 @@ class Daemon:
             row, e = w.row, w.entry
             row.time = stamp
             row.file = e.name
-            if row.sha256:
+            if row.sha256 and row.status is not Status.CORRECTED:
                 row.duplicate_of = seen.get(row.sha256) or self.journal.first_with(row.sha256) or ""
             e.dest = self.free_name(self.folder_for(row, now), e.original.name, taken)
             taken.add(e.dest)
@@ -408,9 +444,10 @@ class Daemon:
 
     def folder_for(self, row: Row, now: datetime) -> Path:
         status = Status(row.status)
-        if status is Status.ERROR:
-            return self.paths.failed
-        if status is not Status.OK or not row.digits.replace(" ", "").isdigit():
+        if status is Status.ERROR or (status is Status.CORRECTED and not row.digits):
+            return self.paths.failed  # unreadable, or a person said "not a number"
+        readable = row.digits.replace(" ", "").isdigit()
+        if status not in (Status.OK, Status.CORRECTED) or not readable:
             return self.paths.review
         if row.duplicate_of and self.cfg.filing.duplicates == "review":
             return self.paths.review
@@ -482,7 +519,7 @@ class Daemon:
                 filing.place(e.claim, e.dest)
             except FileExistsError:
                 self.rename_destination(w)
-        if e.status == Status.ERROR.value:
+        if e.status == Status.ERROR.value or e.error:  # failed/, or "not a number"
             filing.write_note(e.dest, self.note_text(e))
 
     def rename_destination(self, w: Work) -> None:
@@ -731,10 +768,16 @@ class Daemon:
             self.stopping.set()
             self.pending.wake()
 
+        def reload(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: loading the model again after the batch in hand")
+            self.reload_requested.set()
+            self.pending.wake()
+
         if threading.current_thread() is not threading.main_thread():
             yield  # embedded in a test or a tool: the caller stops it with `stop()`
             return
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
         try:
             yield
         finally:
@@ -771,6 +814,8 @@ def describe(row: Row) -> str:
         result = f"{row.digits}? ({row.confidence or 0:.3f}, low confidence)"
     elif status is Status.BLANK:
         result = "blank"
+    elif status is Status.CORRECTED:
+        result = f"{row.digits or 'not a number'} (a person's decision; {row.note})"
     else:
         result = f"error: {row.error}"
     duplicate = f" (duplicate of {row.duplicate_of})" if row.duplicate_of else ""

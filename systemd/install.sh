@@ -111,7 +111,7 @@ install_program() {
 
 install_units() {
     mkdir -p "$DESTDIR$UNITS" "$DESTDIR$DOC"
-    for unit in "$NAME.service" "$NAME@.service"; do
+    for unit in "$NAME.service" "$NAME@.service" "$NAME-review.service"; do
         install -m 0644 "$REPO/systemd/$unit" "$DESTDIR$UNITS/$unit"
     done
     install -m 0644 "$REPO/docs/service.md" "$DESTDIR$DOC/service.md"
@@ -147,6 +147,7 @@ uninstall_all() {
         systemctl stop "$NAME@*.service" || true
     fi
     rm -f "$DESTDIR$UNITS/$NAME.service" "$DESTDIR$UNITS/$NAME@.service" \
+        "$DESTDIR$UNITS/$NAME-review.service" "$DESTDIR$UNITS"/*.wants/"$NAME"-review.service \
         "$DESTDIR$UNITS"/*.wants/"$NAME".service "$DESTDIR$UNITS"/*.wants/"$NAME"@*.service
     rm -rf "$DESTDIR$PREFIX"
     if [ "$(readlink "$DESTDIR/usr/local/bin/$NAME" 2>/dev/null)" = "$PREFIX/bin/$NAME" ]; then

@@ -20,7 +20,7 @@ from tests.helpers import Folders, daemon_env, digit_png, drop, wait_until, writ
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
-UNITS = ["digit-inbox.service", "digit-inbox@.service"]
+UNITS = ["digit-inbox.service", "digit-inbox@.service", "digit-inbox-review.service"]
 # systemd's own units (sysinit.target and friends), which `verify --root` needs beside ours.
 SYSTEM_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
@@ -45,10 +45,11 @@ def fake_root(tmp_path: Path, units: dict[str, str]) -> Path:
     (root / "etc/systemd/system").mkdir(parents=True)
     for name, text in units.items():
         (root / "etc/systemd/system" / name).write_text(text)
-    program = root / "opt/digit-inbox/bin/digit-inbox"
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\n")
-    program.chmod(0o755)
+    for name in ("opt/digit-inbox/bin/digit-inbox", "bin/kill"):  # kill: ExecReload=
+        program = root / name
+        program.parent.mkdir(parents=True)
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
     return root
 
 
@@ -70,7 +71,7 @@ def shipped_units() -> dict[str, str]:
 
 def test_the_units_verify_without_a_single_warning(systemd_analyze, tmp_path):
     root = fake_root(tmp_path, shipped_units())
-    result = verify(systemd_analyze, root, "digit-inbox.service", "digit-inbox@lab.service")
+    result = verify(systemd_analyze, root, *(u.replace("@", "@lab") for u in UNITS))
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == ""
 

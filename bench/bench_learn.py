@@ -1,0 +1,146 @@
+"""Does `digit-inbox learn` make an office's handwriting read better?
+
+An "office" whose writers differ from MNIST: USPS (`$DIGIT_INBOX_USPS`, zip.train.gz; used here
+only to simulate an office, never to train the shipped model), each digit drawn dark on white
+and put through the daemon's own preprocessing. Split by position: the first part arrives first
+and is corrected as in real use (only what went to review, optionally plus a 5 % spot check of
+what was filed), the later part is never corrected and is what we measure. After 0, 50, 100,
+200 and 500 corrections the last layer is adapted exactly as `learn` does (held-out share,
+MNIST replay, gate) and we print, on the unseen part, accuracy and the share sent to review,
+and MNIST test accuracy.
+
+    DIGIT_INBOX_USPS=../shared/usps/zip.train.gz DIGIT_INBOX_MNIST_DIR=../shared/mnist \\
+        python -m bench.bench_learn [--first 0.6] [--model M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from digit_inbox.daemon import learn, preprocess
+from digit_inbox.daemon.classifier import embedded_model
+from digit_inbox.export import mnist
+
+COUNTS = (0, 50, 100, 200, 500)
+MIN_CONFIDENCE = 0.6  # the daemon's default: below it a scan goes to review
+
+
+def load_usps(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Pages (dark ink on white, uint8, 16x16 scaled x4) and labels, in file order."""
+    with gzip.open(path, "rt") as f:
+        values = np.loadtxt(f, dtype=np.float32)
+    labels = values[:, 0].astype(np.int64)
+    ink = (values[:, 1:].reshape(-1, 16, 16) + 1) / 2
+    pages = (255 * (1 - ink.clip(0, 1))).astype(np.uint8)
+    return pages, labels
+
+
+def model_inputs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The daemon's 28x28 inputs; False where preprocessing found no digit (blank)."""
+    from PIL import Image
+
+    images, found = [], []
+    for page in pages:
+        big = np.asarray(Image.fromarray(page).resize((64, 64), Image.Resampling.BILINEAR))
+        prepared = preprocess.prepare(np.pad(big, 16, constant_values=255))
+        found.append(prepared.image is not None)
+        images.append(prepared.image if prepared.image is not None else np.zeros((28, 28)))
+    return np.stack(images).astype(np.float32), np.array(found)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first", type=float, default=0.6, help="share of USPS corrected")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--spot-check", type=float, default=0.05)
+    parser.add_argument("--cache", type=Path, help="keep the preprocessed USPS inputs here")
+    args = parser.parse_args(argv)
+    source = os.environ.get("DIGIT_INBOX_USPS")
+    if not source or not Path(source).exists():
+        print("DIGIT_INBOX_USPS is not set to USPS's zip.train.gz; nothing to measure")
+        return 2
+    start = time.perf_counter()
+    pages, labels = load_usps(Path(source))
+    if args.cache is not None and args.cache.exists():
+        cached = np.load(args.cache)
+        images, found = cached["images"], cached["found"]
+    else:
+        images, found = model_inputs(pages)
+        if args.cache is not None:
+            np.savez_compressed(args.cache, images=images, found=found)
+    images, labels = images[found], labels[found]
+    cut = int(len(labels) * args.first)
+    print(
+        f"USPS: {len(labels)} digits found by preprocessing; {cut} arrive first, "
+        f"{len(labels) - cut} are the unseen part ({time.perf_counter() - start:.0f} s)"
+    )
+
+    surgery = learn.Surgery(args.model or embedded_model())
+    session = surgery.feature_session()
+    x = learn.features(session, images)
+    data_dir = mnist.resolve_data_dir(None)
+    base = surgery.head
+    probs = softmax(base.logits(x[:cut]))
+    reviewed = probs.max(1) < MIN_CONFIDENCE
+    rng = np.random.default_rng(0)
+    spot = rng.random(cut) < args.spot_check
+    unseen_x, unseen_y = x[cut:], labels[cut:]
+
+    print(f"first part: {reviewed.sum()} of {cut} went to review")
+    before_errors = int((base.logits(unseen_x).argmax(1) != unseen_y).sum())
+    print(
+        "corrections  spot-check  used  gate  unseen acc  errors  review share  MNIST test"
+        "  (candidate before the gate: acc, errors)"
+    )
+    for spot_checks in (False, True):
+        stream = np.flatnonzero(reviewed | (spot & spot_checks))
+        done = False
+        for n in COUNTS:
+            chosen = stream[:n]
+            if done:
+                continue
+            done = len(chosen) < n  # every correction the first part offers: the last line
+            row = f"{n:>11}  {'yes' if spot_checks else 'no':>10}  {len(chosen):>4}"
+            if not n:
+                p = softmax(base.logits(unseen_x))
+                print(
+                    f"{row}     -  {100 * (p.argmax(1) == unseen_y).mean():>8.2f} %  "
+                    f"{before_errors:>6}  {100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %"
+                )
+                continue
+            hold = np.array([learn.held_out(f"usps-{i}") for i in chosen])
+            if not hold.any() or hold.all():
+                hold = np.arange(len(chosen)) % 5 == 0
+            head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
+            candidate_errors = int((head.logits(unseen_x).argmax(1) != unseen_y).sum())
+            candidate_acc = 1 - candidate_errors / len(unseen_y)
+            mnist_acc = outcome.after_mnist
+            if not outcome.passes:
+                head, mnist_acc = base, outcome.before_mnist
+            p = softmax(head.logits(unseen_x))
+            errors = int((p.argmax(1) != unseen_y).sum())
+            print(
+                f"{row}  {'pass' if outcome.passes else 'fail':>4}  "
+                f"{100 * (p.argmax(1) == unseen_y).mean():>8.2f} %  {errors:>6}  "
+                f"{100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %  "
+                f"{100 * mnist_acc:>8.2f} %  ({100 * candidate_acc:.2f} %, {candidate_errors}; "
+                f"MNIST {100 * outcome.after_mnist:.2f} %)"
+            )
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""`digit-inbox learn`: adapt the model's last layer to an office's recorded decisions.
+
+Torch-free, so it runs on the server itself: the model's penultimate features (the input of its
+last Gemm, made a graph output) are computed once for the decisions and for MNIST; a softmax
+regression on them starts from the model's own last layer and is pulled back toward it (L2),
+while MNIST replay keeps it from forgetting. The candidate is the same ONNX graph with only that
+Gemm's weights replaced, so whatever follows it (a temperature, the softmax) is kept.
+
+A share of the decisions (chosen by content hash, so it is stable from run to run) is held out.
+The candidate is written only if it reads more held-out decisions right than the current model
+(or as many, with a lower cross-entropy) and loses at most `MAX_MNIST_DROP` on the MNIST test
+set. Needs the `onnx` package (`pip install 'digit-inbox[learn]'`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digit_inbox.daemon import config, contract
+from digit_inbox.daemon.corrections import Sample, samples
+from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, UsageError
+from digit_inbox.daemon.report import fsync_dir
+from digit_inbox.daemon.service import model_path
+
+log = logging.getLogger(__name__)
+
+HOLD_OUT = 0.2  # share of the decisions kept aside to judge the candidate
+MIN_DECISIONS = 10
+MAX_MNIST_DROP = 0.001  # 0.1 points of MNIST test accuracy
+REPLAY = 10_000  # MNIST training images replayed beside the decisions
+STEPS = 300
+L2 = 1e-3  # pull toward the current weights
+DECISION_WEIGHT = 0.2  # the decisions' share of the loss; MNIST replay has the rest
+
+
+@dataclass
+class Head:
+    """The last Gemm as y = x @ weight.T + bias, whatever its transB."""
+
+    weight: np.ndarray  # [classes, features]
+    bias: np.ndarray  # [classes]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+    def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
+        if len(labels) == 0:
+            return float("nan")
+        return float((self.logits(features).argmax(1) == labels).mean())
+
+    def loss(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """Mean cross-entropy of the Gemm's logits (what `fit` lowers)."""
+        if len(labels) == 0:
+            return float("nan")
+        z = self.logits(features)
+        z = z - z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+class Surgery:
+    """The model's last Gemm: its input as an extra output, its weights replaceable."""
+
+    def __init__(self, path: Path) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        self.model = onnx.load(str(path))
+        graph = self.model.graph
+        gemms = [n for n in graph.node if n.op_type == "Gemm"]  # nodes are in topological order
+        if not gemms:
+            raise ModelError(f"{path}: no Gemm (fully connected) layer to adapt")
+        self.gemm = gemms[-1]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in self.gemm.attribute}
+        if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+            raise ModelError(f"{path}: the last Gemm scales its terms; cannot adapt it")
+        if attributes.get("transA", 0):
+            raise ModelError(f"{path}: the last Gemm transposes its input; cannot adapt it")
+        self.trans_b = bool(attributes.get("transB", 0))
+        self.initializers = {i.name: i for i in graph.initializer}
+        names = list(self.gemm.input)
+        if len(names) < 3 or names[1] not in self.initializers or names[2] not in self.initializers:
+            raise ModelError(f"{path}: the last Gemm's weights are not constants")
+        self.features_name = names[0]
+        weight = numpy_helper.to_array(self.initializers[names[1]]).astype(np.float64)
+        bias = numpy_helper.to_array(self.initializers[names[2]]).astype(np.float64)
+        self.head = Head(weight if self.trans_b else weight.T, bias.reshape(-1))
+        self.cache: dict[tuple[Path, int], tuple[np.ndarray, ...]] = {}
+
+    def feature_session(self) -> Any:
+        """An onnxruntime session whose outputs are the features and the probabilities."""
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        model.graph.output.append(onnx.ValueInfoProto(name=self.features_name))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def mnist_features(self, mnist_dir: Path, replay: int) -> tuple[np.ndarray, ...]:
+        """Features and labels of `replay` MNIST training images and of MNIST test (computed
+        once per model: a benchmark adapts one model many times)."""
+        from digit_inbox.export import mnist
+
+        key = (mnist_dir, replay)
+        if key not in self.cache:
+            session = self.feature_session()
+            train = mnist.load_split(mnist_dir, "train")
+            test = mnist.load_split(mnist_dir, "test")
+            count = min(replay, len(train.images))
+            chosen = np.random.default_rng(0).choice(len(train.images), count, replace=False)
+            self.cache[key] = (
+                features(session, train.images[chosen] / 255.0),
+                train.labels[chosen].astype(np.int64),
+                features(session, test.images / 255.0),
+                test.labels.astype(np.int64),
+            )
+        return self.cache[key]
+
+    def with_head(self, head: Head, model_id: str) -> bytes:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        weight = head.weight if self.trans_b else head.weight.T
+        replace = {self.gemm.input[1]: weight, self.gemm.input[2]: head.bias}
+        for init in model.graph.initializer:
+            if init.name in replace:
+                dtype = numpy_helper.to_array(init).dtype
+                init.CopyFrom(numpy_helper.from_array(replace[init.name].astype(dtype), init.name))
+        metadata = {p.key: p for p in model.metadata_props}
+        parent = metadata.get(contract.META_MODEL_ID)
+        props = {
+            "digit_inbox.adapted_from": parent.value if parent else "",
+            contract.META_MODEL_ID: model_id,
+        }
+        for key, value in props.items():
+            if key in metadata:
+                metadata[key].value = value
+            else:
+                model.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(model)
+        return bytes(model.SerializeToString())
+
+
+def features(session: Any, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    x = np.asarray(images, np.float32).reshape(-1, 1, contract.IMAGE_SIZE, contract.IMAGE_SIZE)
+    out = [
+        session.run([session.get_outputs()[-1].name], {contract.INPUT_NAME: x[i : i + batch]})[0]
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(out).reshape(len(x), -1).astype(np.float64)
+
+
+def fit(
+    start: Head,
+    sets: list[tuple[np.ndarray, np.ndarray, float]],
+    l2: float = L2,
+    steps: int = STEPS,
+) -> Head:
+    """Weighted softmax regression from `start` (Adam, full batch): each (features, labels,
+    weight) set contributes its weight times its mean cross-entropy."""
+    w, b = start.weight.copy(), start.bias.copy()
+    w0, b0 = start.weight, start.bias
+    moments = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
+    rate, beta1, beta2 = 1e-3, 0.9, 0.999
+    for step in range(1, steps + 1):
+        gw, gb = l2 * (w - w0), l2 * (b - b0)
+        for x, y, weight in sets:
+            if len(y) == 0:
+                continue
+            z = x @ w.T + b
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1
+            gw += weight * p.T @ x / len(y)
+            gb += weight * p.mean(0)
+        for i, (param, grad) in enumerate(((w, gw), (b, gb))):
+            m, v = moments[2 * i], moments[2 * i + 1]
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * grad**2
+            param -= rate * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + 1e-8)
+    return Head(w, b)
+
+
+def usable(found: list[Sample]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images, labels and content hashes of the single-digit decisions (the latest per file)."""
+    latest: dict[str, Sample] = {}
+    for s in found:
+        key = s.sha256 or f"{s.time}"
+        latest[key] = s
+    keep = [s for s in latest.values() if s.image is not None and len(s.label) == 1]
+    if not keep:
+        return np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64), []
+    return (
+        np.stack([s.image for s in keep if s.image is not None]),
+        np.array([int(s.label) for s in keep]),
+        [s.sha256 for s in keep],
+    )
+
+
+def held_out(sha256: str) -> bool:
+    return int(hashlib.sha256(sha256.encode()).hexdigest()[:8], 16) / 2**32 < HOLD_OUT
+
+
+@dataclass
+class Outcome:
+    before_held: float
+    after_held: float
+    before_mnist: float
+    after_mnist: float
+    held: int
+    trained: int
+    before_loss: float = float("nan")
+    after_loss: float = float("nan")
+
+    @property
+    def better_held(self) -> bool:
+        """More held-out decisions read right; or as many, each more surely (lower loss): when
+        the held-out ones are mostly confirmations, accuracy alone cannot rise."""
+        if self.after_held != self.before_held:
+            return self.after_held > self.before_held
+        return self.after_loss < self.before_loss
+
+    @property
+    def passes(self) -> bool:
+        return self.better_held and self.after_mnist >= self.before_mnist - MAX_MNIST_DROP
+
+
+def adapt(
+    surgery: Surgery,
+    images: np.ndarray,
+    labels: np.ndarray,
+    hold: np.ndarray,
+    mnist_dir: Path,
+    replay: int | None = None,
+) -> tuple[Head, Outcome]:
+    """Fit a new head on the decisions not held out (with MNIST replay); judge it."""
+
+    session = surgery.feature_session()
+    x = features(session, images)
+    replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
+    start = surgery.head
+    head = fit(
+        start,
+        [
+            (x[~hold], labels[~hold], DECISION_WEIGHT),
+            (replay_x, replay_y, 1 - DECISION_WEIGHT),
+        ],
+    )
+    outcome = Outcome(
+        start.accuracy(x[hold], labels[hold]),
+        head.accuracy(x[hold], labels[hold]),
+        start.accuracy(test_x, test_y),
+        head.accuracy(test_x, test_y),
+        int(hold.sum()),
+        int((~hold).sum()),
+        start.loss(x[hold], labels[hold]),
+        head.loss(x[hold], labels[hold]),
+    )
+    return head, outcome
+
+
+def install(candidate: bytes, target: Path) -> Path | None:
+    """Put `candidate` at `target` atomically; the previous model is kept beside it."""
+    previous = None
+    if target.exists():
+        previous = target.with_name(f"{target.stem}.{time.strftime('%Y%m%dT%H%M%S')}.onnx")
+        os.link(target, previous)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        os.write(fd, candidate)
+        os.fsync(fd)
+        os.close(fd)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return previous
+
+
+def percent(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.2f} %"
+
+
+def main(config_path: Path, output: Path, promote: bool, data_dir: str | None) -> int:
+    """`digit-inbox learn`: print before/after figures; write the candidate if it is better."""
+    from digit_inbox.export import mnist
+
+    cfg = config.load(config_path)
+    if promote and cfg.recognition.model is None:
+        raise ConfigError(
+            [
+                "recognition.model: null (the embedded model) cannot be replaced; copy it to a "
+                "path of your own, set recognition.model to it, then promote"
+            ]
+        )
+    images, labels, hashes = usable(samples(cfg))
+    if len(labels) < MIN_DECISIONS:
+        raise UsageError(
+            f"{len(labels)} single-digit decision(s) recorded; learning needs at least "
+            f"{MIN_DECISIONS} (record them with `digit-inbox correct` or the review page)"
+        )
+    hold = np.array([held_out(h) for h in hashes])
+    if not hold.any() or hold.all():
+        hold = np.arange(len(labels)) % 5 == 0
+    current = model_path(cfg.recognition)
+    surgery = Surgery(current)
+    head, outcome = adapt(surgery, images, labels, hold, mnist.resolve_data_dir(data_dir))
+    print(f"decisions: {outcome.trained} learnt from, {outcome.held} held out")
+    print(
+        f"held-out decisions: {percent(outcome.before_held)} -> {percent(outcome.after_held)} "
+        f"(loss {outcome.before_loss:.4f} -> {outcome.after_loss:.4f})"
+    )
+    print(f"MNIST test: {percent(outcome.before_mnist)} -> {percent(outcome.after_mnist)}")
+    if not outcome.passes:
+        print(
+            "candidate not written: it must read more held-out decisions right (or as many, with "
+            "a lower loss) and lose at most "
+            f"{100 * MAX_MNIST_DROP:.1f} points on MNIST test"
+        )
+        return int(ExitCode.FILES_FAILED)
+    digest = hashlib.sha256(head.weight.tobytes() + head.bias.tobytes()).hexdigest()[:12]
+    candidate = surgery.with_head(head, f"adapted-{digest}")
+    output.write_bytes(candidate)
+    print(f"candidate written: {output} (model id adapted-{digest})")
+    if promote:
+        assert cfg.recognition.model is not None
+        previous = install(candidate, cfg.recognition.model)
+        kept = f"; the previous one is kept as {previous}" if previous else ""
+        print(f"promoted to {cfg.recognition.model}{kept}")
+        if cfg.recognition.model_sha256 is not None:
+            print(
+                "recognition.model_sha256 pins the old model: set it to "
+                f"{hashlib.sha256(candidate).hexdigest()} before reloading the daemon"
+            )
+        print("reload the daemon to use it: systemctl reload digit-inbox (or kill -HUP)")
+    return int(ExitCode.OK)
