@@ -192,12 +192,15 @@ class Daemon:
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.model_id = ""
+        # Recovery retries (back_off) ping and report like the loop does, so these exist first.
+        self.notifier = Notifier.from_env()
+        self.next_metrics = self.next_ping = self.next_status = time.monotonic()
+        self.busy_since_scan = False
 
     # --- The recipe.
 
     def run(self) -> int:
         config.make_folders(self.cfg)
-        self.notifier = Notifier.from_env()
         self.watcher = Watcher(self.cfg, self.triage)
         self.pending = self.watcher.pending
         with (
@@ -229,8 +232,6 @@ class Daemon:
     def loop(self) -> None:
         """Claim, read and file batches; one batch is read (on a thread: the decoding workers
         do the work) while the one before it is filed (mostly waiting for fsync)."""
-        self.next_metrics = self.next_ping = self.next_status = time.monotonic()
-        self.busy_since_scan = False
         reading: Future[list[Work]] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="digit-inbox-read") as reader_thread:
             try:

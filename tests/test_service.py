@@ -14,7 +14,7 @@ import pytest
 
 from digit_inbox.daemon import config, report, service
 from digit_inbox.daemon.rows import Row, Status
-from tests.helpers import Folders, drop, wait_until, write_config
+from tests.helpers import Folders, StandIn, drop, wait_until, write_config
 
 
 class FakeReader:
@@ -225,3 +225,35 @@ def test_claims_of_a_lost_journal_are_read_and_other_daemons_claims_left_alone(
     [row] = rows_of(tmp_path, 1)
     assert row["file"] == "mine.png" and row["moved_to"] == "outbox/6/mine.png"
     assert theirs.read_bytes() == b"digit:9"
+
+
+def test_a_full_disk_while_finishing_the_previous_run_is_waited_out_under_systemd(
+    run_daemon, tmp_path, monkeypatch
+):
+    """Recovery runs before the loop: its retries ping the watchdog like the loop's do."""
+    receiver = StandIn(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(receiver.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = config.load(write_config(tmp_path))
+    tag = service.Daemon(cfg, FakeReader).tag
+    config.make_folders(cfg)
+    (cfg.paths.processing / f"host.1.{tag}.00000001_left.png").write_bytes(b"digit:2")
+    failures = {"left": 1}
+    real_append = report.Report.append
+
+    def append(self: report.Report, lines: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, lines)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report.Report, "append", append)
+    try:
+        run_daemon()
+        receiver.wait_for("READY=1", 20)
+        [row] = rows_of(tmp_path, 1)
+        assert row["file"] == "left.png" and row["moved_to"] == "outbox/2/left.png"
+        assert any("waiting: " in line for _, message in receiver.messages for line in message)
+    finally:
+        receiver.sock.close()
