@@ -119,6 +119,31 @@ def test_the_template_is_the_main_unit_with_per_instance_paths():
     assert settings(as_main) == settings((SYSTEMD / "digit-inbox.service").read_text())
 
 
+def test_a_bad_config_exits_the_main_process_with_a_status_that_stops_the_restarts(tmp_path):
+    """RestartPreventExitStatus= applies to the main process only, not to ExecStartPre= (whose
+    failure is retried until the start limit): the daemon itself checks the config on start."""
+    for name, text in shipped_units().items():
+        lines = settings(text)
+        assert not [line for line in lines if line.startswith("ExecStartPre=")], name
+        [command] = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+        [prevent] = [line.split("=", 1)[1] for line in lines if line.startswith("RestartPrevent")]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("recognition:\n  min_confidence: 7\n")
+        program, *args = command.split()
+        assert program == "/opt/digit-inbox/bin/digit-inbox", name
+        args = [str(bad) if arg.startswith("/etc/digit-inbox/") else arg for arg in args]
+        result = subprocess.run(
+            [sys.executable, "-m", "digit_inbox.daemon", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=daemon_env(),
+        )
+        assert result.returncode == 3, result.stderr
+        assert "recognition.min_confidence" in result.stderr
+        assert "3" in prevent.split(), name
+
+
 # --- What the sandbox forbids, tried on the daemon's own work ---------------------------------
 
 # What the service does: its imports, a folder watch, a WAL journal, hard links and renames, a
