@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from digit_inbox.daemon import keys
 from digit_inbox.daemon.errors import DigitInboxError, ExitCode
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
     if pixels > max_pixels:
         raise DecodeError(
             f"image is {width}×{height} = {megapixels(pixels)} MP, over the "
-            f"{megapixels(max_pixels)} MP limit (scan.max_pixels / --max-pixels)"
+            f"{megapixels(max_pixels)} MP limit ({keys.MAX_PIXELS} / --max-pixels)"
         )
     if max(width, height) < MIN_SIDE:  # a 1 cut tight may be 2 px wide: only one side counts
         raise DecodeError(
@@ -193,7 +194,7 @@ def bomb_reason(exc: Image.DecompressionBombError, max_pixels: int) -> str:
     size = megapixels(int(found[1])) if found else f"more than {megapixels(2 * max_pixels)}"
     return (
         f"image declares {size} MP, over the {megapixels(max_pixels)} MP limit "
-        "(scan.max_pixels / --max-pixels)"
+        f"({keys.MAX_PIXELS} / --max-pixels)"
     )
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from digit_inbox.daemon import config, filing, report
+from digit_inbox.daemon import config, filing, keys, report
 from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, RuntimeFault
 from digit_inbox.daemon.health import Health
@@ -165,7 +165,7 @@ class StateLock:
             os.close(self.fd)
             raise ConfigError(
                 [
-                    f"paths.state: {self.path.parent} is in use by another digit-inbox (pid "
+                    f"{keys.STATE}: {self.path.parent} is in use by another digit-inbox (pid "
                     f"{owner}); stop it, or give this daemon its own paths.state"
                 ]
             ) from None

@@ -193,13 +193,17 @@ def reason(tmp_path: Path, name: str, data: bytes, **kwargs: int) -> str:
 def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path):
     start = time.monotonic()
     text = reason(tmp_path, "bomb.png", png_bomb(200_000, 200_000))
-    assert text == "image declares 40000 MP, over the 40 MP limit (scan.max_pixels / --max-pixels)"
+    assert text == (
+        "image declares 40000 MP, over the 40 MP limit (recognition.max_pixels / --max-pixels)"
+    )
     assert time.monotonic() - start < 1
 
 
 def test_the_pixel_limit_follows_max_pixels(tmp_path):
     data = encoded(Image.new("L", (400, 300), 255), "PNG")
-    assert "over the 0.1 MP limit" in reason(tmp_path, "a.png", data, max_pixels=100_000)
+    assert reason(tmp_path, "a.png", data, max_pixels=100_000).endswith(
+        "over the 0.1 MP limit (recognition.max_pixels / --max-pixels)"
+    )
     assert decode.decode(write(tmp_path, "b.png", data), max_pixels=120_000).width == 400
 
 
