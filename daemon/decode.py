@@ -55,6 +55,7 @@ EXTENSIONS = {
     ".webp": "WEBP",
 }
 SAME_FORMAT = {"MPO": "JPEG", "DIB": "BMP"}
+JPEG_SCALES = (1, 2, 4, 8)  # the sizes libjpeg can decode at: 1/1 ... 1/8
 
 # Our own size check runs before any pixel is decoded; Pillow's warning would only repeat it.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -133,9 +134,8 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     # Pillow's limit follows ours, so a larger --max-pixels is honoured. It must stay on while
     # opening: GIF and WebP set up their first frame then (a 13 kB GIF whose frames declare
     # 65000x50000 px took 3 GB); our own check below covers what Pillow only warns about.
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        im = Image.open(BytesIO(data), formats=FORMATS)
+        im = open_image(data, max_pixels)
     except UnidentifiedImageError:
         raise DecodeError(sniff(data)) from None
     except Image.DecompressionBombError as exc:
@@ -148,7 +148,9 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     if expected and expected != fmt:
         notes.append(f"{fmt} content despite the {suffix} name")
     width, height = im.size
-    check_size(width, height, max_pixels)
+    check_shape(width, height)
+    shrink_while_decoding(im, max_pixels)
+    check_pixels(width, height, im.width * im.height, max_pixels)
     frames = frame_count(im)
     if frames > 1:
         notes.append(f"first of {frames} frames")
@@ -169,13 +171,38 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     return Decoded(page, width, height, sha256, fmt, "; ".join(notes))
 
 
-def check_size(width: int, height: int, max_pixels: int) -> None:
-    pixels = width * height
-    if pixels > max_pixels:
-        raise DecodeError(
-            f"image is {width}×{height} = {megapixels(pixels)} MP, over the "
-            f"{megapixels(max_pixels)} MP limit ({keys.MAX_PIXELS} / --max-pixels)"
-        )
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Image.open with Pillow's bomb check at our limit; a JPEG may declare up to 64 times more,
+    as its decoder can decode it at 1/8 size (see shrink_while_decoding)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        return Image.open(BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        if not data.startswith(b"\xff\xd8"):
+            raise
+    Image.MAX_IMAGE_PIXELS = max_pixels * JPEG_SCALES[-1] ** 2
+    try:
+        return Image.open(BytesIO(data), formats=("JPEG",))
+    finally:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def shrink_while_decoding(im: Image.Image, max_pixels: int) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 size (draft mode): far faster than
+    decoding it all, and a 50 MP phone photo then needs a 3 MP decode. Small enough for
+    WORK_PIXELS and, where it can be, for the pixel limit. Not for a progressive JPEG, whose
+    decoder keeps every coefficient of the full-size image in memory whatever the output size."""
+    if im.format not in ("JPEG", "MPO") or im.info.get("progressive"):
+        return
+    width, height = im.size
+    work = round(math.sqrt(width * height / WORK_PIXELS))
+    fits = [s for s in JPEG_SCALES if -(-width // s) * -(-height // s) <= max_pixels]
+    scale = max([s for s in JPEG_SCALES if s <= max(work, 1)] + (fits[:1] or [JPEG_SCALES[-1]]))
+    if scale > 1:
+        im.draft(im.mode, (width // scale, height // scale))
+
+
+def check_shape(width: int, height: int) -> None:
     if max(width, height) < MIN_SIDE:  # a 1 cut tight may be 2 px wide: only one side counts
         raise DecodeError(
             f"image is {width}×{height} px, too small to hold a digit "
@@ -188,8 +215,19 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def check_pixels(width: int, height: int, decoded: int, max_pixels: int) -> None:
+    """The pixel limit applies to what is decoded: a JPEG's reduced size, else the stored one."""
+    if decoded <= max_pixels:
+        return
+    smaller = "" if decoded == width * height else f", {megapixels(decoded)} MP even reduced"
+    raise DecodeError(
+        f"image is {width}×{height} = {megapixels(width * height)} MP{smaller}, over the "
+        f"{megapixels(max_pixels)} MP limit ({keys.MAX_PIXELS} / --max-pixels)"
+    )
+
+
 def bomb_reason(exc: Image.DecompressionBombError, max_pixels: int) -> str:
-    """Pillow refused a header declaring over twice the limit; say how big, as check_size does."""
+    """Pillow refused a header declaring over twice the limit; say how big, as check_pixels does."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = megapixels(int(found[1])) if found else f"more than {megapixels(2 * max_pixels)}"
     return (
@@ -214,11 +252,7 @@ def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Imag
 
     `turned` says EXIF orientation swapped width and height.
     """
-    reduce = max(1, round(math.sqrt(im.width * im.height / WORK_PIXELS)))
-    if im.format in ("JPEG", "MPO") and reduce > 1:
-        # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far faster than decoding it all.
-        im.draft(im.mode, (im.width // reduce, im.height // reduce))
-    im.load()
+    im.load()  # a large JPEG at the reduced size shrink_while_decoding chose
     turned = False
     if orientation != 1:
         try:

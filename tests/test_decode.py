@@ -207,6 +207,37 @@ def test_the_pixel_limit_follows_max_pixels(tmp_path):
     assert decode.decode(write(tmp_path, "b.png", data), max_pixels=120_000).width == 400
 
 
+
+def test_a_50_megapixel_phone_photo_is_decoded_at_reduced_size(tmp_path):
+    """8160x6144, a common phone mode: over the 40 MP limit as stored, 3 MP as decoded."""
+    photo = Image.new("L", (8160, 6144), 230)
+    photo.paste(20, (3000, 2000, 5000, 4500))
+    decoded = decode.decode(write(tmp_path, "photo.jpg", encoded(photo, "JPEG", quality=80)))
+    assert (decoded.width, decoded.height) == (8160, 6144)
+    assert decoded.image.width * decoded.image.height <= 1.5 * decode.WORK_PIXELS
+    assert decoded.pixels[1536 // 2 + 100, 2040 // 2] < 60  # the dark block, at 1/4 size
+
+
+def test_the_pixel_limit_applies_to_what_a_jpeg_decodes_to(tmp_path):
+    photo = encoded(Image.new("L", (800, 600), 255), "JPEG")
+    assert decode.decode(write(tmp_path, "a.jpg", photo), max_pixels=100_000).width == 800
+    # ...but a progressive JPEG's decoder holds the full-size image, so it counts in full.
+    progressive = encoded(Image.new("L", (800, 600), 255), "JPEG", progressive=True)
+    assert reason(tmp_path, "p.jpg", progressive, max_pixels=100_000).endswith(
+        "over the 0.1 MP limit (recognition.max_pixels / --max-pixels)"
+    )
+    # More than 1/8 size can reduce is refused as before.
+    assert "MP even reduced, over the" in reason(tmp_path, "b.jpg", photo, max_pixels=5_000)
+
+
+def test_a_jpeg_declaring_more_than_even_an_eighth_can_hold_is_refused_from_its_header(tmp_path):
+    small = encoded(Image.new("L", (16, 16), 255), "JPEG")
+    sof = small.index(b"\xff\xc0")
+    bomb = small[: sof + 5] + struct.pack(">HH", 65000, 65000) + small[sof + 9 :]
+    start = time.monotonic()
+    assert "over the 40 MP limit" in reason(tmp_path, "bomb.jpg", bomb)
+    assert time.monotonic() - start < 1
+
 @pytest.mark.parametrize(
     ("name", "data", "expected"),
     [
