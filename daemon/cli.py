@@ -13,45 +13,73 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digit_inbox.daemon import __version__
-from digit_inbox.daemon.errors import DigitInboxError, ExitCode
+from digit_inbox.daemon.errors import EXIT_CODES_HELP, DigitInboxError, ExitCode
 
 log = logging.getLogger("digit_inbox")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (default: INFO, or the config's log_level)"
+LOG_LEVEL = {"type": str.upper, "choices": LOG_LEVELS, "metavar": "LEVEL", "help": LOG_LEVEL_HELP}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digit-inbox",
         description="Read handwritten digits from scanned images dropped into a folder.",
+        epilog=f"example:\n  digit-inbox run --config config.yaml\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
-    )
+    parser.add_argument("--log-level", default=None, **LOG_LEVEL)  # type: ignore[arg-type]
+    # The same option after the subcommand, where users type it; SUPPRESS keeps the one given
+    # before the subcommand when it is not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, **LOG_LEVEL)  # type: ignore[arg-type]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="watch the inbox and file every scan dropped there")
-    run.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("config.yaml"),
-        help="config file (default: ./config.yaml)",
+    def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            parents=[common],
+            epilog=f"example:\n  {example}\n\n{EXIT_CODES_HELP}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            default=Path("config.yaml"),
+            help="config file (default: ./config.yaml)",
+        )
+
+    run = command(
+        "run",
+        "watch the inbox and file every scan dropped there",
+        "digit-inbox run --config config.yaml    (stop it with Ctrl-C or SIGTERM)",
     )
+    config_option(run)
     run.add_argument(
         "--check-config",
         action="store_true",
         help="validate the config and exit (0 valid, 3 invalid)",
     )
 
-    status = sub.add_parser("status", help="show what the running daemon is doing")
-    status.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    status = command(
+        "status",
+        "show what the daemon is doing, or that it is not running",
+        "digit-inbox status --config /etc/digit-inbox/config.yaml",
+    )
+    config_option(status)
 
-    classify = sub.add_parser(
+    classify = command(
         "classify",
-        help="read the digit in each image; CSV to stdout",
-        epilog="Exit status: 0 when every file was read (status ok, low_confidence or blank), "
-        "1 when any file could not be read (status error; its row says why), "
-        "2 for a bad command line or a missing PATH, 5 when the model cannot be loaded.",
+        "read the digit in each image; CSV to stdout",
+        "digit-inbox classify scans/ photo.jpg -o digits.csv --debug-dir strips/",
     )
     classify.add_argument(
         "paths",
@@ -81,17 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="decoding processes (default: one per CPU core)"
     )
 
-    train = sub.add_parser("train", help="train a model on MNIST (needs the [train] extra)")
-    train.add_argument("--arch", choices=["cnn", "softmax"], default="cnn")
+    train = command(
+        "train",
+        "train a model on MNIST (needs the [train] extra)",
+        "digit-inbox train --arch cnn --data-dir mnist/ -o model.pt",
+    )
+    train.add_argument(
+        "--arch", choices=["cnn", "softmax"], default="cnn", help="model to train (default: cnn)"
+    )
     train.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     train.add_argument(
         "--download", action="store_true", help="download missing MNIST files into --data-dir first"
     )
     train.add_argument("--output", "-o", type=Path, required=True, help="checkpoint to write")
     train.add_argument("--epochs", type=int, help="default: 30 for cnn, 2 for softmax")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--batch-size", type=int, help="images per step (default: the arch's)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the arch's)")
+    train.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
         "--dry-run",
@@ -99,16 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="one epoch on 512 images: checks the pipeline in seconds",
     )
 
-    export = sub.add_parser("export", help="convert a checkpoint to ONNX and check parity")
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--output", "-o", type=Path, required=True)
+    export = command(
+        "export",
+        "convert a checkpoint to ONNX and check parity",
+        "digit-inbox export model.pt -o model.onnx --data-dir mnist/",
+    )
+    export.add_argument("checkpoint", type=Path, help="checkpoint written by `train`")
+    export.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--data-dir", help="MNIST folder for the parity check")
 
-    data = sub.add_parser("mnist", help="verify the MNIST files (MD5), downloading missing ones")
+    data = command(
+        "mnist",
+        "verify the MNIST files (MD5), downloading missing ones",
+        "digit-inbox mnist --data-dir mnist/ --download",
+    )
     data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     data.add_argument("--download", action="store_true", help="fetch missing files first")
 
-    evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
+    evaluate = command(
+        "evaluate",
+        "MNIST test accuracy, confusion matrix, gallery",
+        "digit-inbox evaluate --data-dir mnist/ --output-dir results/",
+    )
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     evaluate.add_argument("--output-dir", type=Path, help="write confusion.png, errors.png here")

@@ -43,7 +43,7 @@ from typing import Protocol
 
 from digit_inbox.daemon import config, filing, keys, report
 from digit_inbox.daemon.classifier import embedded_model
-from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, RuntimeFault
+from digit_inbox.daemon.errors import AlreadyRunning, ExitCode, ModelError, RuntimeFault
 from digit_inbox.daemon.health import Health
 from digit_inbox.daemon.journal import Entry, Journal, State
 from digit_inbox.daemon.notify import Notifier
@@ -152,8 +152,9 @@ def open_reader(cfg: config.Config) -> Reader:
 class StateLock:
     """An exclusive lock on the state folder: one daemon per journal."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, config_file: Path | None = None) -> None:
         self.path = folder / "daemon.lock"
+        self.config_file = config_file
         self.fd = -1
 
     def __enter__(self) -> StateLock:
@@ -163,11 +164,10 @@ class StateLock:
         except BlockingIOError:
             owner = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
-            raise ConfigError(
-                [
-                    f"{keys.STATE}: {self.path.parent} is in use by another digit-inbox (pid "
-                    f"{owner}); stop it, or give this daemon its own paths.state"
-                ]
+            raise AlreadyRunning(
+                f"{self.config_file or 'this config'}: another digit-inbox (pid {owner}) is "
+                f"already running on its state folder {self.path.parent} ({keys.STATE}); stop "
+                f"that one first, or give this config its own {keys.STATE}"
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
@@ -204,7 +204,7 @@ class Daemon:
         self.watcher = Watcher(self.cfg, self.triage)
         self.pending = self.watcher.pending
         with (
-            StateLock(self.paths.state),
+            StateLock(self.paths.state, self.cfg.source),
             Journal(self.cfg.journal_file) as self.journal,
             contextlib.closing(self.reader_factory()) as self.reader,
             self.signals(),

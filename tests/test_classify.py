@@ -140,7 +140,7 @@ def test_help_explains_the_exit_status(capsys):
     with pytest.raises(SystemExit):
         cli.main(["classify", "--help"])
     text = capsys.readouterr().out
-    assert "Exit status: 0" in text and "1 when any file could not be read" in text
+    assert "exit status:\n  0 " in text and "1    `classify`: some file could not be read" in text
 
 
 def test_the_worker_pool_gives_the_same_csv(capsys, folder):
