@@ -21,6 +21,7 @@ from typing import IO
 from digit_inbox.daemon import rows
 from digit_inbox.daemon.decode import DEFAULT_MAX_PIXELS, EXTENSIONS
 from digit_inbox.daemon.errors import ExitCode, UsageError
+from digit_inbox.daemon.health import counts_text, plural
 from digit_inbox.daemon.recognize import Reader
 from digit_inbox.daemon.rows import Status
 
@@ -57,11 +58,8 @@ def main(
             out.flush()
             counts[row.status] += 1
     seconds = time.perf_counter() - start
-    log.info(
-        "%d files in %.1f s: %d ok, %d low confidence, %d blank, %d errors",
-        len(items), seconds, counts[Status.OK], counts[Status.LOW_CONFIDENCE],
-        counts[Status.BLANK], counts[Status.ERROR],
-    )  # fmt: skip
+    by_status = {status.value: n for status, n in counts.items()}
+    log.info("%s in %.1f s: %s", plural(len(items), "file"), seconds, counts_text(by_status))
     return int(ExitCode.FILES_FAILED if counts[Status.ERROR] else ExitCode.OK)
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from digit_inbox.daemon.decode import EXTENSIONS
+from digit_inbox.daemon.decode import DEFAULT_MAX_PAGES, EXTENSIONS
 from digit_inbox.daemon.errors import ConfigError
 from digit_inbox.daemon.filing import NAME_MAX
 
@@ -98,6 +98,7 @@ class Recognition:
     model_sha256: str | None
     min_confidence: float
     max_pixels: int
+    max_pages: int
     batch_size: int
     workers: int | None
 
@@ -299,6 +300,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
             "model_sha256": (optional(sha256_hex), None),
             "min_confidence": (real(0, 1), 0.6),
             "max_pixels": (integer(1, 2**40), 40_000_000),
+            "max_pages": (integer(1, 100_000), DEFAULT_MAX_PAGES),
             "batch_size": (integer(1, 4096), 32),
             "workers": (optional(integer(1, 256)), None),
         },

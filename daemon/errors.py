@@ -52,7 +52,8 @@ class ConfigError(DigitInboxError):
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+        count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        super().__init__(f"{source}: {count}:\n{lines}")
 
 
 class DataError(DigitInboxError):

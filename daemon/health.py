@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,16 @@ def duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 file`, `2 files`: every count a person reads."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """Counts by status, in one order everywhere: the stop summary, `status`, `classify`."""
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+
+
 def problem(state: dict[str, Any], now: float, stale_after: float) -> str | None:
     """Why the daemon behind `state` is not running, or None if it looks alive."""
     if state["host"] == socket.gethostname() and not pid_alive(state["pid"]):
@@ -303,9 +314,6 @@ def problem(state: dict[str, Any], now: float, stale_after: float) -> str | None
 def describe(state: dict[str, Any], now: float) -> str:
     """The state as `digit-inbox status` prints it."""
 
-    def counts(c: dict[str, int]) -> str:
-        return ", ".join(f"{c.get(s, 0)} {s}" for s in STATUSES)
-
     day, last = state["counts"]["today"], state["last_file"]
     last_text = "none yet"
     if last:
@@ -316,9 +324,9 @@ def describe(state: dict[str, Any], now: float) -> str:
         ("uptime", f"{duration(now - epoch(state['started']))} (since {state['started']})"),
         ("inbox", state.get("inbox") or "?"),
         ("model", state["model_id"]),
-        ("queue", f"{state['queue_depth']} file(s) waiting"),
-        (f"today {day['date']}", counts(day)),
-        ("since start", counts(state["counts"]["total"])),
+        ("queue", f"{plural(state['queue_depth'], 'file')} waiting"),
+        (f"today {day['date']}", counts_text(day)),
+        ("since start", counts_text(state["counts"]["total"])),
         ("last file", last_text),
         ("updated", f"{duration(now - epoch(state['updated']))} ago"),
     ]

@@ -8,4 +8,5 @@ a message pointing at the old name.
 from __future__ import annotations
 
 MAX_PIXELS = "recognition.max_pixels"
+MAX_PAGES = "recognition.max_pages"
 STATE = "paths.state"

@@ -60,12 +60,15 @@ class Prepared:
 
 
 def prepare_file(
-    path: Path, max_pixels: int = decode.DEFAULT_MAX_PIXELS, debug_path: Path | None = None
+    path: Path,
+    max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+    debug_path: Path | None = None,
+    max_pages: int = decode.DEFAULT_MAX_PAGES,
 ) -> Prepared:
     """Decode and preprocess one file. Never raises for a bad file: it says why instead."""
     start = time.perf_counter()
     try:
-        decoded = decode.decode(path, max_pixels)
+        decoded = decode.decode(path, max_pixels, max_pages)
         prepared = preprocess.prepare(decoded.image, debug=debug_path is not None)
     except decode.DecodeError as exc:
         return Prepared(None, Status.ERROR, error=exc.reason, ms=elapsed_ms(start))
@@ -90,9 +93,12 @@ def prepare_file(
     )
 
 
-def prepare_files(jobs: Sequence[tuple[Path, int, Path | None]]) -> list[Prepared]:
+Job = tuple[Path, int, Path | None, int]  # prepare_file's arguments
+
+
+def prepare_files(jobs: Sequence[Job]) -> list[Prepared]:
     """A worker's task: a few files in one round trip."""
-    return [prepare_file(path, max_pixels, debug) for path, max_pixels, debug in jobs]
+    return [prepare_file(*job) for job in jobs]
 
 
 def elapsed_ms(start: float) -> float:
@@ -150,6 +156,7 @@ class Reader:
         *,
         min_confidence: float = 0.6,
         max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+        max_pages: int = decode.DEFAULT_MAX_PAGES,
         workers: int | None = None,
         batch_size: int = 64,
         debug_dir: Path | None = None,
@@ -161,6 +168,7 @@ class Reader:
         self.model_id: str = self.classifier.model_id
         self.min_confidence = min_confidence
         self.max_pixels = max_pixels
+        self.max_pages = max_pages
         self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
         self.batch_size = max(1, batch_size)
         self.debug_dir = debug_dir
@@ -200,9 +208,9 @@ class Reader:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _job(self, path: Path, name: str) -> tuple[Path, int, Path | None]:
+    def _job(self, path: Path, name: str) -> Job:
         debug = self.debug_dir / debug_name(name) if self.debug_dir is not None else None
-        return path, self.max_pixels, debug
+        return path, self.max_pixels, debug, self.max_pages
 
     def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:
         few = isinstance(items, Sequence) and len(items) < 2 * FILES_PER_TASK

@@ -44,7 +44,7 @@ from typing import Protocol
 from digit_inbox.daemon import config, filing, keys, report
 from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.errors import AlreadyRunning, ExitCode, ModelError, RuntimeFault
-from digit_inbox.daemon.health import Health
+from digit_inbox.daemon.health import Health, counts_text, duration, plural
 from digit_inbox.daemon.journal import Entry, Journal, State
 from digit_inbox.daemon.notify import Notifier
 from digit_inbox.daemon.rows import Row, Status
@@ -142,6 +142,7 @@ def open_reader(cfg: config.Config) -> Reader:
         r.model,
         min_confidence=r.min_confidence,
         max_pixels=r.max_pixels,
+        max_pages=r.max_pages,
         workers=r.workers,
         batch_size=r.batch_size,
         debug_dir=None,
@@ -217,7 +218,7 @@ class Daemon:
                 self.recover()
                 with self.watcher:
                     found = self.watcher.rescan()
-                    log.info("ready: %d file(s) waiting in %s", found, self.paths.inbox)
+                    log.info("ready: %s waiting in %s", plural(found, "file"), self.paths.inbox)
                     self.notifier.ready(self.status_text())
                     self.loop()
             except Stopped:
@@ -551,12 +552,12 @@ class Daemon:
         adopted, foreign = self.orphan_claims({e.claim_id for e in resume + finish})
         resume += adopted
         if finish:
-            log.info("finishing %d file(s) the previous run had read", len(finish))
+            log.info("finishing %s the previous run had read", plural(len(finish), "file"))
             work = [Work(e) for e in finish]
             self.retry(lambda: self.finish(work))
             self.after_filing(work)
         if resume:
-            log.info("reading %d file(s) the previous run had claimed", len(resume))
+            log.info("reading %s the previous run had claimed", plural(len(resume), "file"))
         size = self.cfg.recognition.batch_size
         for start in range(0, len(resume), size):
             self.resume(resume[start : start + size])
@@ -700,15 +701,15 @@ class Daemon:
     def status_text(self) -> str:
         done = sum(self.counts.values())
         waiting = len(self.pending)
-        return f"{done} file(s) filed, {waiting} waiting; watching {self.paths.inbox}"
+        return f"{plural(done, 'file')} filed, {waiting} waiting; watching {self.paths.inbox}"
 
     def shut_down(self) -> None:
         with contextlib.suppress(Exception):
             self.journal.record(done=self.finished, forget=self.forgotten)
         self.write_health()
-        seconds = time.monotonic() - self.started
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "no files"
-        log.info("stopped after %.0f s: %s", seconds, summary)
+        uptime = duration(time.monotonic() - self.started)
+        filed = plural(sum(self.counts.values()), "file")
+        log.info("stopped after %s: %s filed (%s)", uptime, filed, counts_text(self.counts))
 
     # --- Signals.
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import re
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -244,9 +246,8 @@ def test_a_jpeg_declaring_more_than_even_an_eighth_can_hold_is_refused_from_its_
         ("empty.png", b"", "empty file (0 bytes)"),
         ("page.png", b"<!DOCTYPE html><html><body>Sign in</body></html>", "looks like HTML"),
         ("notes.jpg", b"remember to buy milk\n" * 20, "looks like text"),
-        ("scan.png", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
         ("scan.tif", b"PK\x03\x04" + bytes(100), "ZIP archive"),
-        ("photo.jpg", b"\x00\x00\x00\x18ftypheic" + bytes(100), "HEIC"),
+        ("photo.jpg", b"\x00\x00\x00\x18ftypheic" + bytes(100), "corrupt HEIC/HEIF"),
         ("noise.bmp", bytes(range(256)) * 4, "not an image"),
     ],
 )
@@ -291,3 +292,126 @@ def test_missing_files_folders_and_pipes_are_refused_without_blocking(tmp_path):
         pytest.skip("no named pipes here")
     with pytest.raises(DecodeError, match="not a regular file"):
         decode.decode(fifo)
+
+
+# --- PDF (office scanners) and HEIC (phones), through the [pdf] and [heif] extras.
+
+
+def pdf_of(*pages: Image.Image, dpi: float = 100) -> bytes:
+    """A PDF holding each image as one page, as a scanner saves it."""
+    buffer = io.BytesIO()
+    first, *rest = pages
+    first.save(buffer, "PDF", resolution=dpi, save_all=True, append_images=rest)
+    return buffer.getvalue()
+
+
+def handmade_pdf(*objects: bytes, trailer: bytes = b"") -> bytes:
+    """A PDF from raw objects (1 0 obj is the catalog), with a correct cross-reference table."""
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\n" % (len(objects) + 1, trailer)
+    return out + b"startxref\n%d\n%%%%EOF\n" % xref
+
+
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+ONE_PAGE = b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"
+PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"
+
+
+def test_a_pdf_scan_is_read_from_its_first_page_as_a_grey_page(tmp_path):
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(pdf_of(page("L").resize((600, 400), Image.NEAREST)))  # 6×4 inches
+    decoded = decode.decode(path)
+    assert decoded.format == "PDF" and decoded.image.mode == "L" and decoded.note == ""
+    # 6×4 inches at 300 dpi (PDFium may round a pixel up)
+    assert abs(decoded.width - 1800) <= 1 and abs(decoded.height - 1200) <= 1
+    pixels = decoded.pixels
+    assert pixels[300, 450] < 64 and pixels[-100, -100] > 200  # the mark is where it was
+
+
+def test_a_big_pdf_page_is_rendered_at_about_the_working_size(tmp_path):
+    a4 = Image.new("L", (827, 1169), 255)  # 8.27 × 11.69 inches at 100 dpi
+    decoded = decode.decode_bytes(pdf_of(a4), ".pdf")
+    assert decode.WORK_PIXELS * 0.95 <= decoded.width * decoded.height <= decode.WORK_PIXELS * 1.001
+
+
+def test_a_multi_page_pdf_reads_the_first_page_and_says_so(tmp_path):
+    blank = Image.new("L", (200, 200), 255)
+    decoded = decode.decode_bytes(pdf_of(page("L"), blank, blank), ".pdf")
+    assert decoded.note == "first of 3 pages"
+    assert decoded.pixels.min() < 64  # the marked first page, not a blank one
+
+
+def test_a_pdf_over_the_page_limit_is_refused_naming_the_key():
+    blank = Image.new("L", (100, 100), 255)
+    with pytest.raises(DecodeError, match=r"PDF of 4 pages, over the 3-page limit \(recognition"):
+        decode.decode_bytes(pdf_of(*[blank] * 4), ".pdf", max_pages=3)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            handmade_pdf(
+                CATALOG,
+                ONE_PAGE,
+                PAGE,
+                b"<< /Filter /Standard /V 1 /R 2 /O (%s) /U (%s) /P -4 >>" % (b"o" * 32, b"u" * 32),
+                trailer=b"/Encrypt 4 0 R /ID [<00112233445566778899aabbccddeeff> "
+                b"<00112233445566778899aabbccddeeff>] ",
+            ),
+            "encrypted PDF (needs a password)",
+        ),
+        (handmade_pdf(CATALOG, b"<< /Type /Pages /Kids [] /Count 0 >>"), "PDF without pages"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "broken PDF"),
+        (pdf_of(page("L"))[:300], "broken PDF"),
+    ],
+    ids=["encrypted", "no pages", "header only", "truncated"],
+)
+def test_pdfs_that_cannot_be_read_are_errors_that_say_why(data, expected):
+    with pytest.raises(DecodeError, match=re.escape(expected)):
+        decode.decode_bytes(data, ".pdf")
+
+
+def test_a_pdf_named_png_is_read_and_noted():
+    decoded = decode.decode_bytes(pdf_of(page("L")), ".png")
+    assert decoded.format == "PDF" and decoded.note == "PDF content despite the .png name"
+
+
+def test_without_the_pdf_extra_a_pdf_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)  # import fails as if not installed
+    with pytest.raises(DecodeError, match=re.escape("pip install 'digit-inbox[pdf]'")):
+        decode.decode_bytes(pdf_of(page("L")), ".pdf")
+
+
+def heic_of(image: Image.Image) -> bytes:
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the [heif] extra is not installed")
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=95)
+    return buffer.getvalue()
+
+
+def test_an_iphone_heic_photo_is_read():
+    data = heic_of(page("RGB").resize((240, 160), Image.NEAREST))
+    decoded = decode.decode_bytes(data, ".heic")
+    assert decoded.format == "HEIF" and (decoded.width, decoded.height) == (240, 160)
+    pixels = decoded.pixels.mean(axis=-1)
+    assert pixels[40, 50] < 64 and pixels[-10, -10] > 200
+
+
+def test_a_corrupt_heic_is_an_error_naming_heic():
+    data = heic_of(page("RGB"))
+    with pytest.raises(DecodeError, match="HEIC/HEIF"):
+        decode.decode_bytes(data[: len(data) // 3], ".heic")
+
+
+def test_without_the_heif_extra_a_heic_error_says_what_to_install(monkeypatch):
+    data = heic_of(page("RGB"))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)
+    with pytest.raises(DecodeError, match=re.escape("pip install 'digit-inbox[heif]'")):
+        decode.decode_bytes(data, ".heic")

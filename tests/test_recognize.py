@@ -162,6 +162,22 @@ def test_debug_strips_are_written_per_file(tmp_path):
     assert Image.open(strips[0]).height > 28
 
 
+def test_digits_scanned_to_a_pdf_are_read_in_the_workers_with_a_note_for_more_pages(tmp_path):
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    images, labels = mnist_test_digits()
+    expected = []
+    for i in range(2 * recognize.FILES_PER_TASK):  # enough for the pool, not in-process
+        pages = [Image.fromarray(255 - images[i + k]).resize((84, 84)) for k in range(1 + i % 2)]
+        pages[0].save(tmp_path / f"{i}.pdf", save_all=True, append_images=pages[1:])
+        expected.append((str(labels[i]), "first of 2 pages" if i % 2 else ""))
+    items = [(tmp_path / f"{i}.pdf", f"{i}.pdf") for i in range(len(expected))]
+    with recognize.Reader(workers=2) as reader:
+        rows = reader.read(items)
+        assert reader._pool is not None  # read by the decoding workers
+    got = [(row.digit, row.note) for row in rows]
+    assert sum(g == e for g, e in zip(got, expected, strict=True)) >= len(expected) - 1, got
+
+
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
     (path, _, _), *_ = write_digits(tmp_path, 1)
     prepared = recognize.prepare_file(path)
