@@ -166,3 +166,15 @@ def test_the_committed_sample_scans_are_read_accurately(capsys):
     assert code == ExitCode.OK
     correct = sum(found[name]["digit"] == label for name, label in labels.items())
     assert correct / len(labels) >= 0.85
+
+
+def test_the_summary_counts_files_in_words_and_statuses_in_the_shared_order(
+    capsys, caplog, tmp_path
+):
+    one = tmp_path / "one.png"
+    one.write_bytes(digit_png(5)[0])
+    caplog.set_level("INFO")
+    classify(capsys, str(one))
+    [summary] = [r.getMessage() for r in caplog.records if " in " in r.getMessage()]
+    assert summary.startswith("1 file in ")
+    assert summary.endswith(": 1 ok, 0 low_confidence, 0 blank, 0 error")

@@ -348,7 +348,7 @@ def test_the_description_shows_queue_counts_last_file_uptime_and_model(monitor, 
     monitor.set_queue_depth(5)
     monitor.write()
     text = health.describe(read_json(paths[0]), time.time() + 3700)
-    assert "5 file(s) waiting" in text
+    assert "5 files waiting" in text
     assert "3 ok, 1 low_confidence, 1 blank, 1 error" in text
     assert "=cmd.png: ok digit 3" in text
     assert "1h 01m" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from digit_inbox.daemon import config, report, service
+from digit_inbox.daemon import config, health, report, service
 from digit_inbox.daemon.rows import Row, Status
 from tests.helpers import Folders, StandIn, drop, wait_until, write_config
 
@@ -257,3 +258,18 @@ def test_a_full_disk_while_finishing_the_previous_run_is_waited_out_under_system
         assert any("waiting: " in line for _, message in receiver.messages for line in message)
     finally:
         receiver.sock.close()
+
+
+def test_the_stop_summary_counts_like_status_does(run_daemon, tmp_path, caplog):
+    caplog.set_level("INFO", logger="digit_inbox.daemon.service")
+    daemon, _ = run_daemon()
+    drop(daemon.paths.inbox, "a.png", b"digit:4")
+    drop(daemon.paths.inbox, "b.png", b"not a digit")
+    rows_of(tmp_path, 2)
+    assert daemon.status_text().startswith("2 files filed, 0 waiting")
+    daemon.stop()
+    wait_until(lambda: "stopped after" in caplog.text, 10, "the stop summary")
+    [summary] = [r.getMessage() for r in caplog.records if "stopped after" in r.getMessage()]
+    counts = health.counts_text({"ok": 1, "error": 1})
+    assert counts == "1 ok, 0 low_confidence, 0 blank, 1 error"
+    assert re.fullmatch(rf"stopped after \d+s: 2 files filed \({counts}\)", summary)
