@@ -114,12 +114,26 @@ def write_strip(path: Path, steps: dict[str, np.ndarray]) -> None:
 
 
 def debug_name(name: str) -> str:
-    """A flat, safe file name for the debug strip of the file called `name`."""
-    flat = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__").replace(os.sep, "__"))
-    flat = flat.lstrip(".")
+    """A flat, safe, readable file name for the debug strip of the file called `name`:
+    `scans/sub/7.jpg` -> `scans__sub__7_jpg.png` (one extension, the folders kept)."""
+    parts = [p for p in name.replace(os.sep, "/").split("/") if p not in ("", ".")]
+    parts = ["up" if p == ".." else p for p in parts] or ["file"]
+    stem, dot, ext = parts[-1].rpartition(".")
+    parts[-1] = f"{stem}_{ext}" if dot and stem else parts[-1]
+    flat = re.sub(r"[^A-Za-z0-9._-]", "_", "__".join(parts)).lstrip(".")
     if len(flat) > 200:  # file systems stop at 255 bytes; keep it unique with a hash
         flat = flat[:180] + "_" + hashlib.sha256(name.encode(errors="replace")).hexdigest()[:12]
     return flat + ".png"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2.png`, `name-3.png`... when a strip of another file already has it."""
+    stem, number, candidate = name.removesuffix(".png"), 1, name
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}-{number}.png"
+    taken.add(candidate)
+    return candidate
 
 
 def new_pool(workers: int) -> ProcessPoolExecutor:
@@ -172,6 +186,8 @@ class Reader:
         self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
         self.batch_size = max(1, batch_size)
         self.debug_dir = debug_dir
+        self._strips: dict[str, str] = {}  # file name -> its strip's name, unique in debug_dir
+        self._strip_names: set[str] = set()
         self._pool: ProcessPoolExecutor | None = None
 
     def read(self, items: Sequence[tuple[Path, str]]) -> list[Row]:
@@ -209,7 +225,11 @@ class Reader:
     # --- internals ---------------------------------------------------------------------
 
     def _job(self, path: Path, name: str) -> Job:
-        debug = self.debug_dir / debug_name(name) if self.debug_dir is not None else None
+        debug = None
+        if self.debug_dir is not None:
+            if name not in self._strips:
+                self._strips[name] = unique_name(debug_name(name), self._strip_names)
+            debug = self.debug_dir / self._strips[name]
         return path, self.max_pixels, debug, self.max_pages
 
     def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:

@@ -158,7 +158,9 @@ def test_debug_strips_are_written_per_file(tmp_path):
     with recognize.Reader(workers=0, debug_dir=debug) as reader:
         reader.read(items)
     strips = sorted(debug.iterdir())
-    assert [p.name for p in strips] == sorted(f"a__{name}.png" for _, name, _ in files)
+    assert [p.name for p in strips] == sorted(
+        f"a__{name.replace('.', '_')}.png" for _, name, _ in files
+    )
     assert Image.open(strips[0]).height > 28
 
 
@@ -189,6 +191,7 @@ def test_prepare_file_returns_a_small_picklable_result(tmp_path):
 def test_debug_names_are_flat_and_safe(name):
     flat = recognize.debug_name(name)
     assert "/" not in flat and not flat.startswith(".") and flat.endswith(".png")
+    assert flat.count(".png") == 1
     assert len(flat.encode()) <= 255
 
 
