@@ -10,3 +10,4 @@ from __future__ import annotations
 MAX_PIXELS = "recognition.max_pixels"
 MAX_PAGES = "recognition.max_pages"
 STATE = "paths.state"
+EXTENSIONS = "watch.extensions"

@@ -314,6 +314,8 @@ class Daemon:
                 w.row = self.error_row(w, why)
             elif not stat.S_ISREG(w.st.st_mode):
                 w.row = self.error_row(w, filing.kind(w.st.st_mode))
+            elif not config.has_image_extension(w.entry.original.name, self.cfg.watch):
+                w.row = self.error_row(w, not_a_scan_name(w.entry.original.name))
             elif w.st.st_size == 0:
                 limit = self.cfg.watch.empty_timeout_seconds
                 w.row = self.error_row(w, f"empty file (0 bytes) for more than {limit:g} s")
@@ -740,6 +742,15 @@ class Daemon:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def not_a_scan_name(name: str) -> str:
+    suffix = os.path.splitext(name)[1]
+    kind = f"the extension {suffix}" if suffix else "no extension"
+    return (
+        f"not read: {kind} is not in {keys.EXTENSIONS} (the scan formats read); save it as PNG, "
+        "JPEG, TIFF or PDF and drop it again"
+    )
 
 
 def still_changing(w: Work) -> bool:

@@ -146,6 +146,20 @@ def test_duplicates_are_flagged_and_with_the_review_policy_sent_to_review(run_da
     assert rows["again.png"]["moved_to"] == "review/again.png"
 
 
+def test_a_file_without_a_scan_extension_gets_an_error_row_and_goes_to_failed(run_daemon, tmp_path):
+    daemon, reader = run_daemon()
+    drop(daemon.paths.inbox, "minutes.docx", b"digit:4")  # never read, whatever it holds
+    drop(daemon.paths.inbox, "README", b"digit:4")
+    rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
+    assert rows["minutes.docx"]["status"] == "error"
+    assert "the extension .docx is not in watch.extensions" in rows["minutes.docx"]["error"]
+    assert "no extension is not in watch.extensions" in rows["README"]["error"]
+    assert {r["moved_to"] for r in rows.values()} == {"failed/minutes.docx", "failed/README"}
+    assert "watch.extensions" in (daemon.paths.failed / "minutes.docx.error.txt").read_text()
+    assert reader.calls == []
+    assert [p.name for p in daemon.paths.inbox.iterdir() if not p.name.startswith(".")] == []
+
+
 def test_the_outbox_layout_can_file_by_date(run_daemon, tmp_path):
     daemon, _ = run_daemon(filing={"layout": "{date}/{digit}"})
     drop(daemon.paths.inbox, "a.png", b"digit:7")
