@@ -212,7 +212,11 @@ class Daemon:
         ):
             self.model_id = self.reader.model_id
             self.health = Health(
-                self.cfg.status_file, self.cfg.metrics.textfile, self.model_id, self.paths.inbox
+                self.cfg.status_file,
+                self.cfg.metrics.textfile,
+                self.model_id,
+                self.paths.inbox,
+                self.cfg.source.absolute(),
             )
             try:
                 self.recover()
