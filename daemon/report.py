@@ -47,6 +47,13 @@ def header() -> bytes:
     return rows.header_line().encode(ENCODING)
 
 
+def line_cells(line: bytes) -> dict[str, str]:
+    """A report line's cells by column name, as a person reads them (no formula guard)."""
+    text = line.decode(ENCODING, "replace")
+    cells = next(csv.reader(io.StringIO(text)), [])
+    return {name: rows.unneutralise(cell) for name, cell in zip(rows.COLUMNS, cells, strict=False)}
+
+
 def replace_cell(line: bytes, column: str, value: str) -> bytes:
     """`line` with one column's cell replaced; the other cells stay byte for byte the same."""
     cells = next(csv.reader(io.StringIO(line.decode(ENCODING, "surrogateescape"))))

@@ -431,8 +431,9 @@ class Daemon:
         return self.paths.outbox / sub
 
     def free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
-        # In failed/ the name leaves room for its note: a 255-byte name has none left.
-        limit = filing.NOTED_NAME_MAX if folder == self.paths.failed else filing.NAME_MAX
+        # In failed/ and review/ the name leaves room for its note: a 255-byte name has none.
+        noted = folder in (self.paths.failed, self.paths.review)
+        limit = filing.NOTED_NAME_MAX if noted else filing.NAME_MAX
         return filing.free_name(folder, name, limit, taken)
 
     def relative(self, dest: Path) -> str:
@@ -490,6 +491,8 @@ class Daemon:
                 self.rename_destination(w)
         if e.status == Status.ERROR.value:
             filing.write_note(e.dest, self.note_text(e))
+        elif e.dest.parent == self.paths.review:
+            filing.write_note(e.dest, self.note_text(e), filing.REVIEW_SUFFIX)
 
     def rename_destination(self, w: Work) -> None:
         """The chosen name was taken by someone else: choose the next one and record it first."""
@@ -506,11 +509,12 @@ class Daemon:
         self.journal.record(classified=[e])
 
     def note_text(self, e: Entry) -> str:
-        return (
-            f"{e.name}: {e.error}\n"
-            f"claim: {e.claim_id}\nsha256: {e.sha256 or '-'}\n"
-            "Fix the file and drop it into the inbox again; this copy can then be deleted.\n"
-        )
+        """The note beside a failed or review file, from its report line (all a recovery has)."""
+        cells = report.line_cells(e.line or b"")
+        where = self.relative(e.report) if e.report is not None else "the day's report"
+        if e.status == Status.ERROR.value:
+            return failed_note(e.name, e.error, where)
+        return review_note(e.name, cells, where, self.cfg.recognition.min_confidence)
 
     def release(self, work: list[Work]) -> None:
         for w in work:
@@ -746,6 +750,45 @@ class Daemon:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def failed_note(name: str, error: str, report_name: str) -> str:
+    return (
+        f"{name} could not be read.\n"
+        f"Reason: {error}\n"
+        f"Report: {report_name}\n"
+        "Fix the file and drop it into the inbox again; this copy and this note can then be "
+        "deleted.\n"
+    )
+
+
+def review_note(name: str, cells: dict[str, str], report_name: str, min_confidence: float) -> str:
+    """What a person checking review/ needs: the reading, the runner-up, why it is here."""
+    status = cells.get("status", "")
+    if status == Status.BLANK.value:
+        reading = "nothing: no digit found"
+    else:
+        reading = f"{cells.get('digit') or '?'} (confidence {cells.get('confidence') or '-'})"
+        if cells.get("runner_up"):
+            reading += f"; runner-up {cells['runner_up']} ({cells.get('runner_up_confidence')})"
+    reasons = []
+    if status == Status.BLANK.value:
+        reasons.append("blank page")
+    confidence = cells.get("confidence", "")
+    if status == Status.LOW_CONFIDENCE.value and confidence and float(confidence) < min_confidence:
+        reasons.append(f"confidence under recognition.min_confidence ({min_confidence:g})")
+    if cells.get("note"):
+        reasons.append(cells["note"])
+    if status == Status.OK.value and cells.get("duplicate_of"):
+        reasons.append(f"same content as {cells['duplicate_of']} (filing.duplicates: review)")
+    return (
+        f"{name} needs a person to look at it.\n"
+        f"Read as: {reading}\n"
+        f"Why it is here: {'; '.join(reasons) or status.replace('_', ' ')}\n"
+        f"Report: {report_name}\n"
+        "File it where it belongs (or fix it and drop it into the inbox again); this note can then "
+        "be deleted.\n"
+    )
 
 
 def not_a_scan_name(name: str) -> str:

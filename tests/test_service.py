@@ -155,9 +155,39 @@ def test_a_file_without_a_scan_extension_gets_an_error_row_and_goes_to_failed(ru
     assert "the extension .docx is not in watch.extensions" in rows["minutes.docx"]["error"]
     assert "no extension is not in watch.extensions" in rows["README"]["error"]
     assert {r["moved_to"] for r in rows.values()} == {"failed/minutes.docx", "failed/README"}
-    assert "watch.extensions" in (daemon.paths.failed / "minutes.docx.error.txt").read_text()
+    note = (daemon.paths.failed / "minutes.docx.error.txt").read_text()
+    assert rows["minutes.docx"]["error"] in note
+    assert f"Report: reports/{rows['README']['time'][:10]}.csv" in note
+    assert "claim" not in note and "sha256" not in note  # no internals
     assert reader.calls == []
     assert [p.name for p in daemon.paths.inbox.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_file_in_review_has_a_note_with_the_reading_the_runner_up_and_why(run_daemon, tmp_path):
+    daemon, reader = run_daemon(filing={"duplicates": "review"})
+    real_read = reader.read
+
+    def unsure(items: Sequence[tuple[Path, str]]) -> list[Row]:
+        rows = real_read(items)
+        for row in rows:
+            if row.file == "unsure.png":
+                row.status, row.confidence = Status.LOW_CONFIDENCE, 0.41
+                row.runner_up, row.runner_up_confidence = "1", 0.32
+        return rows
+
+    reader.read = unsure  # type: ignore[method-assign]
+    drop(daemon.paths.inbox, "unsure.png", b"digit:7")
+    drop(daemon.paths.inbox, "=again.png", b"digit:7")
+    rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
+    assert rows["unsure.png"]["moved_to"] == "review/unsure.png"
+    note = (daemon.paths.review / "unsure.png.review.txt").read_text()
+    assert "Read as: 7 (confidence 0.4100); runner-up 1 (0.3200)" in note
+    assert "Why it is here: confidence under recognition.min_confidence (0.6)" in note
+    assert f"Report: reports/{rows['unsure.png']['time'][:10]}.csv" in note
+    assert "claim" not in note and "sha256" not in note  # no internals
+    again = (daemon.paths.review / "=again.png.review.txt").read_text()
+    assert again.startswith("=again.png needs a person")  # the name, not its CSV guard
+    assert "same content as review/unsure.png (filing.duplicates: review)" in again
 
 
 def test_the_outbox_layout_can_file_by_date(run_daemon, tmp_path):
