@@ -107,6 +107,7 @@ class Recognition:
 class Filing:
     layout: str
     duplicates: str
+    report_bom: bool
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
         "filing": {
             "layout": (layout, "{digit}"),
             "duplicates": (choice(*DUPLICATE_POLICIES), "flag"),
+            "report_bom": (boolean, False),
         },
         "metrics": {
             "textfile": (optional(path), None),

@@ -25,6 +25,8 @@ from digit_inbox.daemon import rows
 log = logging.getLogger(__name__)
 
 ENCODING = "utf-8"
+# Optional first bytes of a new report (filing.report_bom): Excel then reads it as UTF-8.
+BOM = "\ufeff".encode(ENCODING)
 # How far back to look for the last complete line when cutting a torn one.
 CHUNK = 64 * 1024
 
@@ -69,8 +71,9 @@ class Report:
     On open a torn last line is cut, so `size` is where the next line will start.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, bom: bool = False) -> None:
         self.path = path
+        self.bom = bom
         created = not path.exists()
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         try:
@@ -140,12 +143,13 @@ class Report:
         return b"".join(chunks)
 
     def append(self, lines: Iterable[bytes]) -> None:
-        """Append the lines (and the header first if the file is empty), then fsync."""
+        """Append the lines (and the header, after the BOM if asked for, first if the file is
+        empty), then fsync."""
         data = b"".join(lines)
         if not data:
             return
         if self.size == 0:
-            data = header() + data
+            data = (BOM if self.bom else b"") + header() + data
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)

@@ -443,7 +443,7 @@ class Daemon:
     def file_fresh(self, work: list[Work]) -> None:
         """The usual path: offset under the report's lock, journal, place, append, release."""
         assert work[0].entry.report is not None
-        with report.Report(work[0].entry.report) as rep:
+        with report.Report(work[0].entry.report, bom=self.cfg.filing.report_bom) as rep:
             for w in work:
                 w.entry.offset = rep.size
             self.record(classified=[w.entry for w in work])
@@ -461,7 +461,7 @@ class Daemon:
             if not w.gone and w.entry.report is not None:
                 by_report.setdefault(w.entry.report, []).append(w)
         for path, group in by_report.items():
-            with report.Report(path) as rep:
+            with report.Report(path, bom=self.cfg.filing.report_bom) as rep:
                 since = min(w.entry.offset or 0 for w in group)
                 rep.append(rep.missing((w.entry.line for w in group if w.entry.line), since))
         self.release(work)

@@ -3,6 +3,7 @@ easily provoke (a full disk, a name taken at the last moment, a reader that cras
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import re
@@ -317,3 +318,13 @@ def test_the_stop_summary_counts_like_status_does(run_daemon, tmp_path, caplog):
     counts = health.counts_text({"ok": 1, "error": 1})
     assert counts == "1 ok, 0 low_confidence, 0 blank, 1 error"
     assert re.fullmatch(rf"stopped after \d+s: 2 files filed \({counts}\)", summary)
+
+
+def test_filing_report_bom_starts_the_days_report_with_a_byte_order_mark(run_daemon, tmp_path):
+    daemon, _ = run_daemon(filing={"report_bom": True})
+    drop(daemon.paths.inbox, "März.png", b"digit:3")
+    rows_of(tmp_path, 1)
+    [path] = daemon.paths.reports.glob("*.csv")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbftime,")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == ["März.png"]
