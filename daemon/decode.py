@@ -46,6 +46,7 @@ DEFAULT_MAX_PAGES = 20
 # A PDF page is rendered like a scan: at most 300 dpi (what scanners use for forms), and never
 # more than WORK_PIXELS, so an A4 page comes out at about 200 dpi and a postcard at 300.
 PDF_DPI = 300
+PDFIUM_ERRORS = {1: "PDFium cannot say why", 2: "unreadable", 3: "damaged or not a PDF inside"}
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 # Only the formats a scanner or phone produces: fewer parsers, less attack surface (and no EPS,
@@ -216,7 +217,8 @@ def render_pdf(data: bytes, max_pixels: int, max_pages: int) -> tuple[Image.Imag
         code = pdfium.raw.FPDF_GetLastError()
         if code in (pdfium.raw.FPDF_ERR_PASSWORD, pdfium.raw.FPDF_ERR_SECURITY):
             raise DecodeError("encrypted PDF (needs a password); save it without one")
-        raise DecodeError(f"broken PDF (PDFium error {code}); save or scan it again")
+        why = PDFIUM_ERRORS.get(code, f"PDFium error {code}")
+        raise DecodeError(f"broken PDF ({why}); save or scan it again")
     pdf = pdfium.PdfDocument(handle)  # closes the handle; `data` outlives it
     try:
         pages = len(pdf)

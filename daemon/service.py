@@ -793,9 +793,9 @@ def review_note(name: str, cells: dict[str, str], report_name: str, min_confiden
 
 def not_a_scan_name(name: str) -> str:
     suffix = os.path.splitext(name)[1]
-    kind = f"the extension {suffix}" if suffix else "no extension"
+    kind = f"the extension {suffix} is not" if suffix else "a name without an extension is not"
     return (
-        f"not read: {kind} is not in {keys.EXTENSIONS} (the scan formats read); save it as PNG, "
+        f"not opened: {kind} one of the scan formats read ({keys.EXTENSIONS}); save it as PNG, "
         "JPEG, TIFF or PDF and drop it again"
     )
 

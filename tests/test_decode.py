@@ -209,7 +209,6 @@ def test_the_pixel_limit_follows_max_pixels(tmp_path):
     assert decode.decode(write(tmp_path, "b.png", data), max_pixels=120_000).width == 400
 
 
-
 def test_a_50_megapixel_phone_photo_is_decoded_at_reduced_size(tmp_path):
     """8160x6144, a common phone mode: over the 40 MP limit as stored, 3 MP as decoded."""
     photo = Image.new("L", (8160, 6144), 230)
@@ -239,6 +238,7 @@ def test_a_jpeg_declaring_more_than_even_an_eighth_can_hold_is_refused_from_its_
     start = time.monotonic()
     assert "over the 40 MP limit" in reason(tmp_path, "bomb.jpg", bomb)
     assert time.monotonic() - start < 1
+
 
 @pytest.mark.parametrize(
     ("name", "data", "expected"),
@@ -368,7 +368,7 @@ def test_a_pdf_over_the_page_limit_is_refused_naming_the_key():
             "encrypted PDF (needs a password)",
         ),
         (handmade_pdf(CATALOG, b"<< /Type /Pages /Kids [] /Count 0 >>"), "PDF without pages"),
-        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "broken PDF"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "broken PDF (damaged or not a PDF inside)"),
         (pdf_of(page("L"))[:300], "broken PDF"),
     ],
     ids=["encrypted", "no pages", "header only", "truncated"],

@@ -153,8 +153,11 @@ def test_a_file_without_a_scan_extension_gets_an_error_row_and_goes_to_failed(ru
     drop(daemon.paths.inbox, "README", b"digit:4")
     rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
     assert rows["minutes.docx"]["status"] == "error"
-    assert "the extension .docx is not in watch.extensions" in rows["minutes.docx"]["error"]
-    assert "no extension is not in watch.extensions" in rows["README"]["error"]
+    assert (
+        "the extension .docx is not one of the scan formats read (watch.extensions)"
+        in (rows["minutes.docx"]["error"])
+    )
+    assert "a name without an extension is not one" in rows["README"]["error"]
     assert {r["moved_to"] for r in rows.values()} == {"failed/minutes.docx", "failed/README"}
     note = (daemon.paths.failed / "minutes.docx.error.txt").read_text()
     assert rows["minutes.docx"]["error"] in note
