@@ -415,3 +415,9 @@ def test_without_the_heif_extra_a_heic_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pillow_heif", None)
     with pytest.raises(DecodeError, match=re.escape("pip install 'digit-inbox[heif]'")):
         decode.decode_bytes(data, ".heic")
+
+
+def test_a_heic_over_the_pixel_limit_is_refused_before_decoding():
+    data = heic_of(Image.new("RGB", (300, 200), "white"))
+    with pytest.raises(DecodeError, match="over the 0.01 MP limit"):
+        decode.decode_bytes(data, ".heic", max_pixels=10_000)
