@@ -35,7 +35,7 @@ OBSERVERS = ("auto", "inotify", "polling")
 DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LAYOUT_FIELDS = ("digit", "date", "year", "month", "day")
-# What decode.py reads (a test keeps the two in step); other files stay in the inbox.
+# What decode.py reads (a test keeps the two in step); other files are failed unopened.
 DEFAULT_EXTENSIONS = list(EXTENSIONS)  # every format the decoder reads
 # Names that writers use while a file is incomplete, and files operating systems leave behind.
 DEFAULT_IGNORE = [
