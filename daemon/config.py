@@ -51,6 +51,8 @@ DEFAULT_IGNORE = [
     "*.swx",
 ]
 DEFAULT_IGNORE += ["Thumbs.db", "desktop.ini"]
+# The notes the daemon writes beside failed and review files, if dropped back with their file.
+DEFAULT_IGNORE += ["*.error.txt", "*.review.txt"]
 # The daemon's own folder inside the inbox: hidden, so it is never mistaken for a scan, and on
 # the inbox's filesystem, so claiming a file is one atomic rename.
 WORK_DIR = ".digit-inbox"

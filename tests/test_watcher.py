@@ -163,7 +163,8 @@ def test_triage_takes_every_file_but_temporary_hidden_and_system_ones(cfg, caplo
     inbox = cfg.paths.inbox
     assert triage.wanted(inbox / "scan.PNG", is_dir=False)
     assert triage.wanted(inbox / "notes.txt", is_dir=False)  # to be failed with a reason
-    for name in (".hidden.png", "scan.png.part", "~lock.png", "Thumbs.db"):
+    notes = ("scan.png.error.txt", "scan.png.review.txt")  # dropped back with their file
+    for name in (".hidden.png", "scan.png.part", "~lock.png", "Thumbs.db", *notes):
         assert not triage.wanted(inbox / name, is_dir=False), name
     assert not triage.wanted(inbox / "sub" / "scan.png", is_dir=False)
     assert triage.wanted(inbox / "sub", is_dir=True)  # failed: folders are not read
