@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from digit_inbox.daemon import config
+from digit_inbox.daemon.errors import ExitCode
 from tests.helpers import Folders, daemon_env, digit_png, drop, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +144,9 @@ def test_a_bad_config_exits_the_main_process_with_a_status_that_stops_the_restar
         assert result.returncode == 3, result.stderr
         assert "recognition.min_confidence" in result.stderr
         assert "3" in prevent.split(), name
+        # Nor is any other error a restart cannot fix.
+        unfixable = (ExitCode.USAGE, ExitCode.CONFIG, ExitCode.MODEL, ExitCode.ALREADY_RUNNING)
+        assert {str(int(code)) for code in unfixable} <= set(prevent.split()), name
 
 
 # --- What the sandbox forbids, tried on the daemon's own work ---------------------------------
