@@ -42,6 +42,7 @@ FILES_PER_TASK = 4  # fewer round trips to the workers, still fine-grained enoug
 # Images per onnxruntime call, at most: large enough to cost ~0.1 ms an image, small enough
 # that the model reads the first files of a batch while the workers still decode the rest.
 INFERENCE_BATCH = 16
+DOCUMENTS = (".pdf", ".heic", ".heif")  # see is_document
 
 
 @dataclass
@@ -134,6 +135,13 @@ def unique_name(name: str, taken: set[str]) -> str:
         candidate = f"{stem}-{number}.png"
     taken.add(candidate)
     return candidate
+
+
+def is_document(name: str) -> bool:
+    """Whether `name` is a PDF or HEIC, whose parsers (PDFium, libheif) are large C/C++
+    libraries: such files are always read in a worker process, so a crash in one costs a
+    worker and an error row, never the daemon."""
+    return Path(name).suffix.lower() in DOCUMENTS
 
 
 def new_pool(workers: int) -> ProcessPoolExecutor:
@@ -234,7 +242,12 @@ class Reader:
 
     def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:
         few = isinstance(items, Sequence) and len(items) < 2 * FILES_PER_TASK
-        if self.workers <= 1 or (few and self._pool is None):  # a pool costs ~1 s to start
+        isolate = isinstance(items, Sequence) and any(is_document(name) for _, name in items)
+        # A pool costs ~1 s to start: one worker or a few files are read here, unless a PDF or
+        # HEIC is among them (workers=0 reads everything here).
+        if self.workers == 0 or (
+            (self.workers == 1 or (few and self._pool is None)) and not isolate
+        ):
             for path, name in items:
                 yield name, prepare_file(*self._job(path, name))
             return

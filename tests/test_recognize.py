@@ -180,6 +180,17 @@ def test_digits_scanned_to_a_pdf_are_read_in_the_workers_with_a_note_for_more_pa
     assert sum(g == e for g, e in zip(got, expected, strict=True)) >= len(expected) - 1, got
 
 
+def test_a_single_pdf_is_read_in_a_worker_process_even_with_one_worker(tmp_path):
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    (png, _, _), *_ = write_digits(tmp_path, 1)
+    Image.open(png).save(tmp_path / "scan.pdf")
+    with recognize.Reader(workers=1) as reader:
+        reader.read([(png, png.name)])
+        assert reader._pool is None  # an image: read here, no pool to start
+        [row] = reader.read([(tmp_path / "scan.pdf", "scan.pdf")])
+        assert reader._pool is not None and row.status is not Status.ERROR
+
+
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
     (path, _, _), *_ = write_digits(tmp_path, 1)
     prepared = recognize.prepare_file(path)
