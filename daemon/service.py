@@ -511,7 +511,10 @@ class Daemon:
     def note_text(self, e: Entry) -> str:
         """The note beside a failed or review file, from its report line (all a recovery has)."""
         cells = report.line_cells(e.line or b"")
-        where = self.relative(e.report) if e.report is not None else "the day's report"
+        where, root = "the day's report", self.paths.data_root
+        if e.report is not None:  # the reports folder need not be beside the filing folders
+            inside = root in e.report.parents
+            where = os.fsdecode(e.report.relative_to(root)) if inside else str(e.report)
         if e.status == Status.ERROR.value:
             return failed_note(e.name, e.error, where)
         return review_note(e.name, cells, where, self.cfg.recognition.min_confidence)

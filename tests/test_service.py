@@ -331,3 +331,15 @@ def test_filing_report_bom_starts_the_days_report_with_a_byte_order_mark(run_dae
     assert path.read_bytes().startswith(b"\xef\xbb\xbftime,")
     with open(path, newline="", encoding="utf-8-sig") as f:
         assert [r["file"] for r in csv.DictReader(f)] == ["März.png"]
+
+
+def test_notes_name_a_report_kept_apart_from_the_filing_folders_by_its_full_path(
+    run_daemon, tmp_path
+):
+    daemon, _ = run_daemon(paths={"reports": "./elsewhere/reports"})
+    drop(daemon.paths.inbox, "bad.png", b"not a digit")
+    note = daemon.paths.failed / "bad.png.error.txt"
+    wait_until(note.exists, 20, "the note")
+    [report_path] = daemon.paths.reports.glob("*.csv")
+    assert f"Report: {report_path}\n" in note.read_text()
+    assert (daemon.paths.failed / "bad.png").exists()
