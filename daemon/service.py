@@ -61,6 +61,8 @@ CHECK_SECONDS = 5.0
 # After the queue drains, rescan once (at most this often) for files whose events were lost.
 DRAIN_RESCAN_SECONDS = 10.0
 STATUS_SECONDS = 5.0
+# After filing, the status file is rewritten within this many seconds (at most once as often).
+FRESH_STATUS_SECONDS = 1.0
 
 
 class Reader(Protocol):
@@ -532,6 +534,8 @@ class Daemon:
                 )
 
     def after_filing(self, work: list[Work]) -> None:
+        # `digit-inbox status` should show these files soon, not a metrics interval later.
+        self.next_metrics = min(self.next_metrics, time.monotonic() + FRESH_STATUS_SECONDS)
         now = time.time()
         for w in work:
             self.finished.append(w.entry.claim_id)
@@ -576,9 +580,9 @@ class Daemon:
             self.resume(resume[start : start + size])
         if foreign:
             log.warning(
-                "%d file(s) in %s were claimed by another digit-inbox (another paths.state); "
+                "%s in %s claimed by another digit-inbox (another paths.state); "
                 "that daemon finishes them when it runs again",
-                foreign,
+                plural(foreign, "file"),
                 self.paths.processing,
             )
 
@@ -688,7 +692,7 @@ class Daemon:
         ):
             self.busy_since_scan = False
             found = self.watcher.rescan()
-            log.debug("rescan: %d file(s) in the inbox", found)
+            log.debug("rescan: %s in the inbox", plural(found, "file"))
         if now >= self.next_metrics:
             self.next_metrics = now + self.cfg.metrics.interval_seconds
             self.write_health()

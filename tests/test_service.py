@@ -343,3 +343,17 @@ def test_notes_name_a_report_kept_apart_from_the_filing_folders_by_its_full_path
     [report_path] = daemon.paths.reports.glob("*.csv")
     assert f"Report: {report_path}\n" in note.read_text()
     assert (daemon.paths.failed / "bad.png").exists()
+
+
+def test_the_status_file_shows_filed_files_within_seconds_not_a_metrics_interval(
+    run_daemon, tmp_path
+):
+    daemon, _ = run_daemon(metrics={"interval_seconds": 3600})
+    drop(daemon.paths.inbox, "a.png", b"digit:4")
+    rows_of(tmp_path, 1)
+
+    def counted() -> bool:
+        state = health.read_state(daemon.cfg.status_file)
+        return bool(state["counts"]["total"]["ok"] == 1)
+
+    wait_until(counted, 10, "the status file to count the file")
