@@ -149,6 +149,21 @@ def decode_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_pages: int = DEFAULT_MAX_PAGES,
 ) -> Decoded:
+    """Decode bytes already read; Pillow's global pixel limit is set for this file only, so a
+    caller's own Pillow use (and the next file) is not held to this file's limit."""
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        return decode_file_bytes(data, suffix, max_pixels, max_pages)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decode_file_bytes(
+    data: bytes,
+    suffix: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pages: int = DEFAULT_MAX_PAGES,
+) -> Decoded:
     if not data:
         raise DecodeError("empty file (0 bytes)")
     sha256 = hashlib.sha256(data).hexdigest()

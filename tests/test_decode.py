@@ -421,3 +421,11 @@ def test_a_heic_over_the_pixel_limit_is_refused_before_decoding():
     data = heic_of(Image.new("RGB", (300, 200), "white"))
     with pytest.raises(DecodeError, match=re.escape("over the 0.01 MP limit")):
         decode.decode_bytes(data, ".heic", max_pixels=10_000)
+
+
+def test_a_files_pixel_limit_does_not_stay_on_for_other_pillow_users(tmp_path):
+    before = Image.MAX_IMAGE_PIXELS
+    data = encoded(Image.new("L", (400, 300), 255), "PNG")
+    reason(tmp_path, "a.png", data, max_pixels=10_000)
+    assert decode.decode(write(tmp_path, "b.png", data), max_pixels=200_000).width == 400
+    assert before == Image.MAX_IMAGE_PIXELS
