@@ -314,7 +314,8 @@ def test_the_stop_summary_counts_like_status_does(run_daemon, tmp_path, caplog):
     drop(daemon.paths.inbox, "a.png", b"digit:4")
     drop(daemon.paths.inbox, "b.png", b"not a digit")
     rows_of(tmp_path, 2)
-    assert daemon.status_text().startswith("2 files filed, 0 waiting")
+    # Counted just after the rows are appended: wait for that, not only for the rows.
+    wait_until(lambda: daemon.status_text().startswith("2 files filed, 0 waiting"), 10, "counts")
     daemon.stop()
     wait_until(lambda: "stopped after" in caplog.text, 10, "the stop summary")
     [summary] = [r.getMessage() for r in caplog.records if "stopped after" in r.getMessage()]
