@@ -427,7 +427,7 @@ def filed(outbox: Path, flat: Iterable[Path]) -> list[Path]:
     found = [Path(d) / n for d, _, names in os.walk(outbox) for n in names]
     for folder in flat:
         found += folder.iterdir() if folder.is_dir() else []
-    return sorted(p for p in found if not p.name.endswith(".error.txt"))
+    return sorted(p for p in found if not p.name.endswith((".error.txt", ".review.txt")))
 
 
 class Folders(Protocol):

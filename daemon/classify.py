@@ -176,19 +176,21 @@ def collect(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     """(path, name for the `file` column) for every file to read, in a stable order.
 
     A file named on the command line is always tried, whatever its name; inside folders only
-    image extensions count, dotfiles and dot-folders are skipped, and names are relative to
-    the folder given.
+    image extensions count, dotfiles and dot-folders are skipped. Each `file` is the path as
+    given (a folder's files under the folder as typed), so two folders holding `scan.png` give
+    two different rows; a file reached twice is read once.
     """
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    items: list[tuple[Path, str]] = []
+    items: dict[str, Path] = {}
     for path in paths:
         if path.is_dir():
-            items += [(path / name, name) for name in images_in(path)]
+            for name in images_in(path):
+                items.setdefault((path / name).as_posix(), path / name)
         else:
-            items.append((path, str(path)))
-    return items
+            items.setdefault(str(path), path)
+    return [(path, name) for name, path in items.items()]
 
 
 def images_in(folder: Path) -> list[str]:

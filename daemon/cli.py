@@ -14,45 +14,73 @@ from pathlib import Path
 
 from digit_inbox.daemon import __version__
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
-from digit_inbox.daemon.errors import DigitInboxError, ExitCode
+from digit_inbox.daemon.errors import EXIT_CODES_HELP, DigitInboxError, ExitCode
 
 log = logging.getLogger("digit_inbox")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (default: INFO, or the config's log_level)"
+LOG_LEVEL = {"type": str.upper, "choices": LOG_LEVELS, "metavar": "LEVEL", "help": LOG_LEVEL_HELP}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digit-inbox",
         description="Read handwritten digits from scanned images dropped into a folder.",
+        epilog=f"example:\n  digit-inbox run --config config.yaml\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
-    )
+    parser.add_argument("--log-level", default=None, **LOG_LEVEL)  # type: ignore[arg-type]
+    # The same option after the subcommand, where users type it; SUPPRESS keeps the one given
+    # before the subcommand when it is not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, **LOG_LEVEL)  # type: ignore[arg-type]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="watch the inbox and file every scan dropped there")
-    run.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("config.yaml"),
-        help="config file (default: ./config.yaml)",
+    def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            parents=[common],
+            epilog=f"example:\n  {example}\n\n{EXIT_CODES_HELP}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            default=Path("config.yaml"),
+            help="config file (default: ./config.yaml)",
+        )
+
+    run = command(
+        "run",
+        "watch the inbox and file every scan dropped there",
+        "digit-inbox run --config config.yaml    (stop it with Ctrl-C or SIGTERM)",
     )
+    config_option(run)
     run.add_argument(
         "--check-config",
         action="store_true",
         help="validate the config and exit (0 valid, 3 invalid)",
     )
 
-    status = sub.add_parser("status", help="show what the running daemon is doing")
-    status.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    status = command(
+        "status",
+        "show what the daemon is doing, or that it is not running",
+        "digit-inbox status --config /etc/digit-inbox/config.yaml",
+    )
+    config_option(status)
 
-    classify = sub.add_parser(
+    classify = command(
         "classify",
-        help="read the digit in each image; CSV to stdout",
-        epilog="Exit status: 0 when every file was read (status ok, low_confidence or blank), "
-        "1 when any file could not be read (status error; its row says why), "
-        "2 for a bad command line or a missing PATH, 5 when the model cannot be loaded.",
+        "read the number in each image; CSV to stdout",
+        "digit-inbox classify scans/ photo.jpg -o digits.csv --debug-dir strips/",
     )
     classify.add_argument(
         "paths",
@@ -67,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-confidence",
         type=float,
         default=DEFAULT_MIN_CONFIDENCE,
-        help=f"below this the status is low_confidence (default {DEFAULT_MIN_CONFIDENCE})",
+        help="a digit less likely than this makes the status low_confidence "
+        f"(default {DEFAULT_MIN_CONFIDENCE})",
     )
     classify.add_argument(
         "--max-pixels",
@@ -98,17 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="read on this Dask cluster (the [dask] extra); every worker must see PATH",
     )
 
-    train = sub.add_parser("train", help="train a model on MNIST (needs the [train] extra)")
-    train.add_argument("--arch", choices=["cnn", "softmax"], default="cnn")
+    train = command(
+        "train",
+        "train a model on MNIST (needs the [train] extra)",
+        "digit-inbox train --arch cnn --data-dir mnist/ -o model.pt",
+    )
+    train.add_argument(
+        "--arch", choices=["cnn", "softmax"], default="cnn", help="model to train (default: cnn)"
+    )
     train.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     train.add_argument(
         "--download", action="store_true", help="download missing MNIST files into --data-dir first"
     )
     train.add_argument("--output", "-o", type=Path, required=True, help="checkpoint to write")
     train.add_argument("--epochs", type=int, help="default: 30 for cnn, 2 for softmax")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--batch-size", type=int, help="images per step (default: the arch's)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the arch's)")
+    train.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
         "--augment",
@@ -123,40 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="one epoch on 512 images: checks the pipeline in seconds",
     )
 
-    export = sub.add_parser("export", help="convert a checkpoint to ONNX and check parity")
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--output", "-o", type=Path, required=True)
+    export = command(
+        "export",
+        "convert a checkpoint to ONNX and check parity",
+        "digit-inbox export model.pt -o model.onnx --data-dir mnist/",
+    )
+    export.add_argument("checkpoint", type=Path, help="checkpoint written by `train`")
+    export.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--data-dir", help="MNIST folder for the parity check")
 
-    calibrate = sub.add_parser(
-        "calibrate", help="fit an ONNX model's softmax temperature on the validation split"
+    calibrate = command(
+        "calibrate",
+        "fit an ONNX model's softmax temperature on the validation split",
+        "digit-inbox calibrate model.onnx -o calibrated.onnx --data-dir mnist/",
     )
-    calibrate.add_argument("model", type=Path)
-    calibrate.add_argument("--output", "-o", type=Path, required=True)
+    calibrate.add_argument("model", type=Path, help="ONNX model to calibrate")
+    calibrate.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     calibrate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     calibrate.add_argument("--seed", type=int, default=1, help="the seed the model trained with")
 
-    data = sub.add_parser("mnist", help="verify the MNIST files (MD5), downloading missing ones")
+    data = command(
+        "mnist",
+        "verify the MNIST files (MD5), downloading missing ones",
+        "digit-inbox mnist --data-dir mnist/ --download",
+    )
     data.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     data.add_argument("--download", action="store_true", help="fetch missing files first")
 
-    correct = sub.add_parser(
+    correct = command(
         "correct",
-        help="record a person's reading of a file in review/ or the outbox, and file it",
-        epilog="The file moves where the daemon would have put it for that reading (DIGITS "
-        "'none': failed/), and the day's report gets a `corrected` row.",
+        "record a person's reading of a file in review/ or the outbox, and file it there "
+        "(DIGITS 'none': failed/); the day's report gets a `corrected` row",
+        "digit-inbox correct --config config.yaml scan-0042.png 17",
     )
-    correct.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    config_option(correct)
     correct.add_argument("file", metavar="FILE", help="a path, or the file's name in the report")
     correct.add_argument("digits", metavar="DIGITS", help="the digits read, or 'none'")
 
-    learn = sub.add_parser(
+    learn = command(
         "learn",
-        help="adapt the model to the recorded decisions (needs the [learn] extra)",
-        epilog="Exit status: 0 when the candidate passed the gate and was written, 1 when it "
-        "did not (nothing written), 2 with too few decisions, 3 for a bad config.",
+        "adapt the model to the recorded decisions (needs the [learn] extra); the candidate is "
+        "written only if it passes the gate (exit 1 if not, 2 with too few decisions)",
+        "digit-inbox learn --config config.yaml -o candidate.onnx --promote",
     )
-    learn.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    config_option(learn)
     learn.add_argument("--output", "-o", type=Path, required=True, help="candidate ONNX to write")
     learn.add_argument(
         "--promote",
@@ -165,15 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
 
-    review = sub.add_parser("review", help="serve the review page (needs the [review] extra)")
-    review.add_argument("--config", "-c", type=Path, default=Path("config.yaml"))
+    review = command(
+        "review",
+        "serve the review page (needs the [review] extra)",
+        "digit-inbox review --config config.yaml --listen 127.0.0.1:8765",
+    )
+    config_option(review)
     review.add_argument(
         "--listen",
         default=None,
         help="HOST:PORT (default 127.0.0.1:8765); other than loopback needs a token",
     )
 
-    evaluate = sub.add_parser("evaluate", help="MNIST test accuracy, confusion matrix, gallery")
+    evaluate = command(
+        "evaluate",
+        "accuracy, calibration and the min_confidence table on MNIST test, scans and USPS",
+        "digit-inbox evaluate --data-dir mnist/ --scans varied/ --output-dir results/",
+    )
     evaluate.add_argument("model", type=Path, nargs="?", help="default: the embedded model")
     evaluate.add_argument("--data-dir", help="MNIST folder (default: $DIGIT_INBOX_MNIST_DIR)")
     evaluate.add_argument(

@@ -25,7 +25,7 @@ import yaml
 
 from digit_inbox.daemon import reading
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
-from digit_inbox.daemon.decode import EXTENSIONS
+from digit_inbox.daemon.decode import DEFAULT_MAX_PAGES, EXTENSIONS
 from digit_inbox.daemon.errors import ConfigError
 from digit_inbox.daemon.filing import NAME_MAX
 
@@ -37,7 +37,7 @@ OBSERVERS = ("auto", "inotify", "polling")
 DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LAYOUT_FIELDS = ("digits", "digit", "date", "year", "month", "day")  # digit: older name
-# What decode.py reads (a test keeps the two in step); other files stay in the inbox.
+# What decode.py reads (a test keeps the two in step); other files are failed unopened.
 DEFAULT_EXTENSIONS = list(EXTENSIONS)  # every format the decoder reads
 # Names that writers use while a file is incomplete, and files operating systems leave behind.
 DEFAULT_IGNORE = [
@@ -53,6 +53,8 @@ DEFAULT_IGNORE = [
     "*.swx",
 ]
 DEFAULT_IGNORE += ["Thumbs.db", "desktop.ini"]
+# The notes the daemon writes beside failed and review files, if dropped back with their file.
+DEFAULT_IGNORE += ["*.error.txt", "*.review.txt"]
 # The daemon's own folder inside the inbox: hidden, so it is never mistaken for a scan, and on
 # the inbox's filesystem, so claiming a file is one atomic rename.
 WORK_DIR = ".digit-inbox"
@@ -100,6 +102,7 @@ class Recognition:
     model_sha256: str | None
     min_confidence: float
     max_pixels: int
+    max_pages: int
     batch_size: int
     workers: int | None
     digits: tuple[int, int] | None  # how many digits a reading has (min, max); None: auto
@@ -109,6 +112,7 @@ class Recognition:
 class Filing:
     layout: str
     duplicates: str
+    report_bom: bool
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
             "model_sha256": (optional(sha256_hex), None),
             "min_confidence": (real(0, 1), DEFAULT_MIN_CONFIDENCE),
             "max_pixels": (integer(1, 2**40), 40_000_000),
+            "max_pages": (integer(1, 100_000), DEFAULT_MAX_PAGES),
             "batch_size": (integer(1, 4096), 32),
             "workers": (optional(integer(1, 256)), None),
             "digits": (expected_digits, "auto"),
@@ -341,6 +346,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
         "filing": {
             "layout": (layout, "{digits}"),
             "duplicates": (choice(*DUPLICATE_POLICIES), "flag"),
+            "report_bom": (boolean, False),
         },
         "metrics": {
             "textfile": (optional(path), None),

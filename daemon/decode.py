@@ -10,6 +10,11 @@ composited onto white. Not a float array: preprocessing first shrinks the page w
 resizers, and a 2,000 px page would take 48 MB as float32. `Decoded.pixels` gives the array.
 Huge pages are reduced early to `WORK_PIXELS`, which still leaves a small digit on a big page
 enough pixels.
+
+PDFs (what office scanners save) and HEIC/HEIF (iPhones' default) need optional libraries, the
+`[pdf]` and `[heif]` extras: pypdfium2 renders the first page, pillow-heif decodes HEIC under
+libheif's security limits. Without the extra such a file gets an error naming what to install.
+Both run here, in the decoding workers, like every other parser of untrusted bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from digit_inbox.daemon import keys
 from digit_inbox.daemon.errors import DigitInboxError, ExitCode
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
 WORK_PIXELS = 4_000_000  # pages are reduced to about this many pixels before anything else
 MIN_SIDE = 8  # smaller than this cannot hold a readable digit
 MAX_ASPECT = 100  # a strip longer than 100:1 is not a scan of one digit
+DEFAULT_MAX_PAGES = 20
+# A PDF page is rendered like a scan: at most 300 dpi (what scanners use for forms), and never
+# more than WORK_PIXELS, so an A4 page comes out at about 200 dpi and a postcard at 300.
+PDF_DPI = 300
+PDFIUM_ERRORS = {1: "PDFium cannot say why", 2: "unreadable", 3: "damaged or not a PDF inside"}
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 # Only the formats a scanner or phone produces: fewer parsers, less attack surface (and no EPS,
 # which would run Ghostscript). Camera JPEGs holding several pictures open as MPO via JPEG.
@@ -52,8 +64,12 @@ EXTENSIONS = {
     ".dib": "BMP",
     ".gif": "GIF",
     ".webp": "WEBP",
+    ".pdf": "PDF",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
 }
 SAME_FORMAT = {"MPO": "JPEG", "DIB": "BMP"}
+JPEG_SCALES = (1, 2, 4, 8)  # the sizes libjpeg can decode at: 1/1 ... 1/8
 
 # Our own size check runs before any pixel is decoded; Pillow's warning would only repeat it.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -119,22 +135,51 @@ def read_bytes(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     return data
 
 
-def decode(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode(
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_pages: int = DEFAULT_MAX_PAGES
+) -> Decoded:
     """Read and decode one file: see the module docstring. Raises only DecodeError."""
     data = read_bytes(path, max_pixels)
-    return decode_bytes(data, path.suffix, max_pixels)
+    return decode_bytes(data, path.suffix, max_pixels, max_pages)
 
 
-def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode_bytes(
+    data: bytes,
+    suffix: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pages: int = DEFAULT_MAX_PAGES,
+) -> Decoded:
+    """Decode bytes already read; Pillow's global pixel limit is set for this file only, so a
+    caller's own Pillow use (and the next file) is not held to this file's limit."""
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        return decode_file_bytes(data, suffix, max_pixels, max_pages)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decode_file_bytes(
+    data: bytes,
+    suffix: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pages: int = DEFAULT_MAX_PAGES,
+) -> Decoded:
     if not data:
         raise DecodeError("empty file (0 bytes)")
     sha256 = hashlib.sha256(data).hexdigest()
+    if b"%PDF-" in data[:1024]:  # the header may follow a little junk, as readers allow
+        page, notes = render_pdf(data, max_pixels, max_pages)
+        notes[:0] = name_mismatch("PDF", suffix)
+        return Decoded(page, page.width, page.height, sha256, "PDF", "; ".join(notes))
+    formats: tuple[str, ...] = FORMATS
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        enable_heif()
+        formats = ("HEIF",)
     # Pillow's limit follows ours, so a larger --max-pixels is honoured. It must stay on while
     # opening: GIF and WebP set up their first frame then (a 13 kB GIF whose frames declare
     # 65000x50000 px took 3 GB); our own check below covers what Pillow only warns about.
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        im = Image.open(BytesIO(data), formats=FORMATS)
+        im = open_image(data, max_pixels, formats)
     except UnidentifiedImageError:
         raise DecodeError(sniff(data)) from None
     except Image.DecompressionBombError as exc:
@@ -142,12 +187,11 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     except Exception as exc:  # plugins raise SyntaxError, struct.error, ... on broken headers
         raise DecodeError(f"corrupt image header ({one_line(exc)})") from None
     fmt = SAME_FORMAT.get(im.format or "", im.format or "image")
-    notes = []
-    expected = EXTENSIONS.get(suffix.lower())
-    if expected and expected != fmt:
-        notes.append(f"{fmt} content despite the {suffix} name")
+    notes = name_mismatch(fmt, suffix)
     width, height = im.size
-    check_size(width, height, max_pixels)
+    check_shape(width, height)
+    shrink_while_decoding(im, max_pixels)
+    check_pixels(width, height, im.width * im.height, max_pixels)
     frames = frame_count(im)
     if frames > 1:
         notes.append(f"first of {frames} frames")
@@ -168,13 +212,103 @@ def decode_bytes(data: bytes, suffix: str = "", max_pixels: int = DEFAULT_MAX_PI
     return Decoded(page, width, height, sha256, fmt, "; ".join(notes))
 
 
-def check_size(width: int, height: int, max_pixels: int) -> None:
-    pixels = width * height
-    if pixels > max_pixels:
+def name_mismatch(fmt: str, suffix: str) -> list[str]:
+    expected = EXTENSIONS.get(suffix.lower())
+    return [f"{fmt} content despite the {suffix} name"] if expected and expected != fmt else []
+
+
+def render_pdf(data: bytes, max_pixels: int, max_pages: int) -> tuple[Image.Image, list[str]]:
+    """The first page of a PDF as a grey scan, and its notes ("first of N pages")."""
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
         raise DecodeError(
-            f"image is {width}×{height} = {megapixels(pixels)} MP, over the "
-            f"{megapixels(max_pixels)} MP limit (scan.max_pixels / --max-pixels)"
-        )
+            "a PDF: reading PDFs needs the pdf extra: pip install 'digit-inbox[pdf]' "
+            "(or export the page as PNG or JPEG)"
+        ) from None
+    # The raw loader, as PdfDocument(data) turns "no pages" into a load failure with a stale code.
+    handle = pdfium.raw.FPDF_LoadMemDocument64(data, len(data), None)
+    if not handle:
+        code = pdfium.raw.FPDF_GetLastError()
+        if code in (pdfium.raw.FPDF_ERR_PASSWORD, pdfium.raw.FPDF_ERR_SECURITY):
+            raise DecodeError("encrypted PDF (needs a password); save it without one")
+        why = PDFIUM_ERRORS.get(code, f"PDFium error {code}")
+        raise DecodeError(f"broken PDF ({why}); save or scan it again")
+    pdf = pdfium.PdfDocument(handle)  # closes the handle; `data` outlives it
+    try:
+        pages = len(pdf)
+        if pages == 0:
+            raise DecodeError("PDF without pages")
+        if pages > max_pages:
+            raise DecodeError(
+                f"PDF of {pages} pages, over the {max_pages}-page limit ({keys.MAX_PAGES}); "
+                "save each scan as its own file"
+            )
+        page = pdf[0]
+        width_pt, height_pt = page.get_size()
+        inches = max(width_pt * height_pt, 1e-6) / 72**2
+        dpi = min(PDF_DPI, 0.999 * math.sqrt(min(WORK_PIXELS, max_pixels) / inches))
+        check_shape(round(width_pt * dpi / 72), round(height_pt * dpi / 72))
+        image = page.render(scale=dpi / 72, grayscale=True).to_pil().convert("L")
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise DecodeError("not enough memory to render this PDF page") from None
+    except Exception as exc:  # pypdfium2 raises PdfiumError, ValueError... on broken pages
+        raise DecodeError(f"broken PDF ({one_line(exc)}); save or scan it again") from None
+    finally:
+        pdf.close()
+    check_shape(image.width, image.height)
+    return image, [f"first of {pages} pages"] if pages > 1 else []
+
+
+def enable_heif() -> None:
+    """Teach Pillow HEIC/HEIF through pillow-heif, whose libheif enforces its own size and
+    memory limits; Pillow's bomb check at our pixel limit still runs first."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise DecodeError(
+            "a HEIC/HEIF photo: reading them needs the heif extra: pip install "
+            "'digit-inbox[heif]' (or set the phone to save JPEG: Settings > Camera > Formats > "
+            "Most Compatible)"
+        ) from None
+    if "HEIF" not in Image.OPEN:
+        pillow_heif.register_heif_opener()
+
+
+def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """Image.open with Pillow's bomb check at our limit; a JPEG may declare up to 64 times more,
+    as its decoder can decode it at 1/8 size (see shrink_while_decoding)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        return Image.open(BytesIO(data), formats=formats)
+    except Image.DecompressionBombError:
+        if not data.startswith(b"\xff\xd8"):
+            raise
+    Image.MAX_IMAGE_PIXELS = max_pixels * JPEG_SCALES[-1] ** 2
+    try:
+        return Image.open(BytesIO(data), formats=("JPEG",))
+    finally:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def shrink_while_decoding(im: Image.Image, max_pixels: int) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 size (draft mode): far faster than
+    decoding it all, and a 50 MP phone photo then needs a 3 MP decode. Small enough for
+    WORK_PIXELS and, where it can be, for the pixel limit. Not for a progressive JPEG, whose
+    decoder keeps every coefficient of the full-size image in memory whatever the output size."""
+    if im.format not in ("JPEG", "MPO") or im.info.get("progressive"):
+        return
+    width, height = im.size
+    work = round(math.sqrt(width * height / WORK_PIXELS))
+    fits = [s for s in JPEG_SCALES if -(-width // s) * -(-height // s) <= max_pixels]
+    scale = max([s for s in JPEG_SCALES if s <= max(work, 1)] + (fits[:1] or [JPEG_SCALES[-1]]))
+    if scale > 1:
+        im.draft(im.mode, (width // scale, height // scale))
+
+
+def check_shape(width: int, height: int) -> None:
     if max(width, height) < MIN_SIDE:  # a 1 cut tight may be 2 px wide: only one side counts
         raise DecodeError(
             f"image is {width}×{height} px, too small to hold a digit "
@@ -187,13 +321,24 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def check_pixels(width: int, height: int, decoded: int, max_pixels: int) -> None:
+    """The pixel limit applies to what is decoded: a JPEG's reduced size, else the stored one."""
+    if decoded <= max_pixels:
+        return
+    smaller = "" if decoded == width * height else f", {megapixels(decoded)} MP even reduced"
+    raise DecodeError(
+        f"image is {width}×{height} = {megapixels(width * height)} MP{smaller}, over the "
+        f"{megapixels(max_pixels)} MP limit ({keys.MAX_PIXELS} / --max-pixels)"
+    )
+
+
 def bomb_reason(exc: Image.DecompressionBombError, max_pixels: int) -> str:
-    """Pillow refused a header declaring over twice the limit; say how big, as check_size does."""
+    """Pillow refused a header declaring over twice the limit; say how big, as check_pixels does."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = megapixels(int(found[1])) if found else f"more than {megapixels(2 * max_pixels)}"
     return (
         f"image declares {size} MP, over the {megapixels(max_pixels)} MP limit "
-        "(scan.max_pixels / --max-pixels)"
+        f"({keys.MAX_PIXELS} / --max-pixels)"
     )
 
 
@@ -213,11 +358,7 @@ def load_page(im: Image.Image, orientation: int, notes: list[str]) -> tuple[Imag
 
     `turned` says EXIF orientation swapped width and height.
     """
-    reduce = max(1, round(math.sqrt(im.width * im.height / WORK_PIXELS)))
-    if im.format in ("JPEG", "MPO") and reduce > 1:
-        # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far faster than decoding it all.
-        im.draft(im.mode, (im.width // reduce, im.height // reduce))
-    im.load()
+    im.load()  # a large JPEG at the reduced size shrink_while_decoding chose
     turned = False
     if orientation != 1:
         try:
@@ -316,16 +457,16 @@ def sniff(data: bytes) -> str:
     """Why bytes Pillow doesn't recognise aren't an image, as specifically as we can tell."""
     head = data[:1024]
     lower = head.lstrip().lower()
-    if head.startswith(b"%PDF"):
-        return "not an image (a PDF document; export the page as PNG or JPEG)"
     if lower.startswith((b"<!doctype html", b"<html")) or b"<html" in lower:
         return "not an image (looks like HTML, maybe a saved web page or login form)"
     if lower.startswith(b"<?xml") or b"<svg" in lower:
         return "not an image (XML or SVG; export it as PNG)"
     if head.startswith(b"PK\x03\x04"):
         return "not an image (a ZIP archive or Office document)"
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
-        return "HEIC/AVIF image, not supported; save it as JPEG or PNG"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "corrupt HEIC/HEIF image (libheif cannot read it)"
+    if head[4:12] in (b"ftypavif", b"ftypavis"):
+        return "AVIF image, not supported; save it as JPEG or PNG"
     if head[:2] in (b"\xff\xd8", b"\x89P") or head[:4] in (b"II*\x00", b"MM\x00*", b"GIF8"):
         return "corrupt image header"
     printable = sum(32 <= b < 127 or b in b"\t\r\n" for b in head)

@@ -30,9 +30,12 @@ AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 # A file name is at most 255 bytes on the filesystems the daemon runs on.
 NAME_MAX = 255
-# A failed file's name leaves room for its note, `<name>.error.txt`, beside it.
+# A failed file gets a note `<name>.error.txt` beside it, a file in review `<name>.review.txt`;
+# their names leave room for it.
 NOTE_SUFFIX = ".error.txt"
-NOTED_NAME_MAX = NAME_MAX - len(NOTE_SUFFIX)
+REVIEW_SUFFIX = ".review.txt"
+NOTE_SUFFIXES = (NOTE_SUFFIX, REVIEW_SUFFIX)
+NOTED_NAME_MAX = NAME_MAX - max(len(suffix) for suffix in NOTE_SUFFIXES)
 # Errors after which a hard link cannot work but a rename can.
 LINK_REFUSED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EISDIR}
 # Errors an operator can fix while the daemon waits (disk full, permissions, read-only mount):
@@ -117,7 +120,7 @@ def free_name(folder: Path, name: str, limit: int = NAME_MAX, taken: Collection[
         path = folder / candidate
         if path in taken:
             continue
-        if not os.path.lexists(path) and not os.path.lexists(f"{path}{NOTE_SUFFIX}"):
+        if not any(os.path.lexists(f"{path}{end}") for end in ("", *NOTE_SUFFIXES)):
             return path
     raise AssertionError("unreachable")
 
@@ -202,9 +205,9 @@ def kind(mode: int) -> str:
     return "not a regular file"
 
 
-def write_note(dest: Path, text: str) -> None:
-    """Write `<dest>.error.txt` beside a failed file, unless it is already there."""
-    note = Path(f"{dest}{NOTE_SUFFIX}")
+def write_note(dest: Path, text: str, suffix: str = NOTE_SUFFIX) -> None:
+    """Write `<dest>.error.txt` (or another suffix) beside a filed file, unless it is there."""
+    note = Path(f"{dest}{suffix}")
     try:
         fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except FileExistsError:

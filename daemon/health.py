@@ -15,12 +15,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from digit_inbox.daemon import __version__
-from digit_inbox.daemon.errors import ExitCode, RuntimeFault
+from digit_inbox.daemon.errors import ConfigError, ExitCode, RuntimeFault
 from digit_inbox.daemon.rows import Row, Status
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,19 @@ class Health:
     """Counters and gauges of one daemon process; `record` and `write` may run on any thread."""
 
     def __init__(
-        self, state_file: Path, textfile: Path | None, model_id: str, inbox: Path | None = None
+        self,
+        state_file: Path,
+        textfile: Path | None,
+        model_id: str,
+        inbox: Path | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.state_file = state_file
         self.textfile = textfile
         self.model_id = model_id
         self.inbox = inbox
+        self.config_file = config_file
+        self.unit = systemd_unit()
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.started = time.time()
@@ -106,7 +114,7 @@ class Health:
             self._last_file = {
                 "name": row.file,
                 "status": status,
-                "digit": row.digits,
+                "digits": row.digits,
                 "time": row.time or iso(now),
             }
             if status != Status.ERROR.value:
@@ -129,6 +137,8 @@ class Health:
                 "updated": iso(time.time()),
                 "model_id": self.model_id,
                 "inbox": str(self.inbox) if self.inbox else None,
+                "config": str(self.config_file) if self.config_file else None,
+                "systemd_unit": self.unit,
                 "queue_depth": self._queue_depth,
                 "counts": {
                     "today": {"date": self._day, **self._day_counts},
@@ -283,45 +293,96 @@ def duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 file`, `2 files`: every count a person reads."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """Counts by status, in one order everywhere: the stop summary, `status`, `classify`."""
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+
+
+def systemd_unit() -> str | None:
+    """The systemd unit this process runs in (`digit-inbox.service`), or None when it was
+    started some other way (a terminal, cron): `status` gives advice that fits."""
+    if "INVOCATION_ID" not in os.environ:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = f.read().strip().rsplit(":", 1)[-1]
+    except OSError:
+        path = ""
+    unit = path.rstrip("/").rsplit("/", 1)[-1]
+    return unit if unit.endswith(".service") else "digit-inbox.service"
+
+
+def advice(state: dict[str, Any]) -> str:
+    """Where to see why the daemon stopped and how to start it, for how it was started."""
+    unit = state.get("systemd_unit")
+    if unit:
+        return f"see why with `journalctl -u {unit}`; start it with `sudo systemctl start {unit}`"
+    config = state.get("config") or "CONFIG"
+    return (
+        "it was started outside systemd, so its own output says why it stopped; start it "
+        f"again with `digit-inbox run --config {config}`"
+    )
+
+
 def problem(state: dict[str, Any], now: float, stale_after: float) -> str | None:
     """Why the daemon behind `state` is not running, or None if it looks alive."""
     if state["host"] == socket.gethostname() and not pid_alive(state["pid"]):
-        return (
-            f"the daemon (pid {state['pid']}) is not running; see why with "
-            "`journalctl -u digit-inbox`, start it with `systemctl start digit-inbox`"
-        )
+        return f"digit-inbox is not running (pid {state['pid']} has exited); {advice(state)}"
     age = now - epoch(state["updated"])
     if age > stale_after:
         return (
-            f"the state file was last updated {duration(age)} ago (expected every "
-            f"{duration(stale_after / STALE_INTERVALS)}): the daemon is hung or stopped; "
-            "check `systemctl status digit-inbox`"
+            f"digit-inbox is not answering: its state was last written {duration(age)} ago "
+            f"(expected every {duration(stale_after / STALE_INTERVALS)}), so it is hung or "
+            f"stopped; {advice(state)}"
         )
     return None
 
 
+def last_file_text(state: dict[str, Any]) -> str:
+    last = state["last_file"]
+    if not last:
+        return "none yet"
+    digits = last.get("digits", last.get("digit", ""))  # status files before numbers: digit
+    read = f" digit {digits}" if digits else ""
+    return f"{last['name']}: {last['status']}{read} at {last['time']}"
+
+
 def describe(state: dict[str, Any], now: float) -> str:
-    """The state as `digit-inbox status` prints it."""
-
-    def counts(c: dict[str, int]) -> str:
-        return ", ".join(f"{c.get(s, 0)} {s}" for s in STATUSES)
-
-    day, last = state["counts"]["today"], state["last_file"]
-    last_text = "none yet"
-    if last:
-        digit = f" digit {last['digit']}" if last["digit"] else ""
-        last_text = f"{last['name']}: {last['status']}{digit} at {last['time']}"
+    """The state of a running daemon as `digit-inbox status` prints it, with its age."""
+    day = state["counts"]["today"]
     rows = [
-        ("daemon", f"pid {state['pid']} on {state['host']}, digit-inbox {state['version']}"),
+        ("daemon", f"running, pid {state['pid']} on {state['host']}, version {state['version']}"),
+        ("as of", f"{duration(now - epoch(state['updated']))} ago"),
         ("uptime", f"{duration(now - epoch(state['started']))} (since {state['started']})"),
         ("inbox", state.get("inbox") or "?"),
         ("model", state["model_id"]),
-        ("queue", f"{state['queue_depth']} file(s) waiting"),
-        (f"today {day['date']}", counts(day)),
-        ("since start", counts(state["counts"]["total"])),
-        ("last file", last_text),
-        ("updated", f"{duration(now - epoch(state['updated']))} ago"),
+        ("queue", f"{plural(state['queue_depth'], 'file')} waiting"),
+        (f"today {day['date']}", counts_text(day)),
+        ("since start", counts_text(state["counts"]["total"])),
+        ("last file", last_file_text(state)),
     ]
+    return table(rows)
+
+
+def describe_stopped(state: dict[str, Any], now: float) -> str:
+    """What a stopped daemon left: no queue or uptime, which would read as if it were running."""
+    day = state["counts"]["today"]
+    rows = [
+        ("daemon", f"not running (was pid {state['pid']} on {state['host']})"),
+        ("last seen", f"{duration(now - epoch(state['updated']))} ago ({state['updated']})"),
+        ("inbox", state.get("inbox") or "?"),
+        (f"today {day['date']}", counts_text(day)),
+        ("last file", last_file_text(state)),
+    ]
+    return table(rows)
+
+
+def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
@@ -330,12 +391,21 @@ def print_status(config_path: Path) -> int:
     """`digit-inbox status`: print the running daemon's state; non-zero if it is not running."""
     from digit_inbox.daemon import config
 
+    if not config_path.exists():
+        raise ConfigError(
+            [
+                f"no {config_path} in {Path.cwd()}; pass the config the daemon runs with: "
+                "digit-inbox status --config PATH (the service's is "
+                "/etc/digit-inbox/config.yaml)"
+            ],
+            source=str(config_path),
+        )
     # Only reading: an operator need not be able to write the daemon's folders.
     cfg = config.load(config_path, check_folders=False)
     state = read_state(cfg.status_file)
     now = time.time()
-    print(describe(state, now))
     why = problem(state, now, STALE_INTERVALS * cfg.metrics.interval_seconds)
+    print(describe_stopped(state, now) if why else describe(state, now))
     if why:
         log.error("%s", why)
         return int(ExitCode.RUNTIME)

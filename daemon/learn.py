@@ -48,9 +48,12 @@ class Head:
 
     weight: np.ndarray  # [classes, features]
     bias: np.ndarray  # [classes]
+    temperature: float = 1.0  # the graph divides the Gemm's output by it before the softmax
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        return features @ self.weight.T + self.bias
+        """What the softmax sees: the Gemm's output over the temperature, so the probabilities
+        fitted here are the calibrated ones the model will give."""
+        return (features @ self.weight.T + self.bias) / self.temperature
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         if len(labels) == 0:
@@ -58,7 +61,7 @@ class Head:
         return float((self.logits(features).argmax(1) == labels).mean())
 
     def loss(self, features: np.ndarray, labels: np.ndarray) -> float:
-        """Mean cross-entropy of the Gemm's logits (what `fit` lowers)."""
+        """Mean cross-entropy of the model's probabilities (what `fit` lowers)."""
         if len(labels) == 0:
             return float("nan")
         z = self.logits(features)
@@ -93,8 +96,21 @@ class Surgery:
         self.features_name = names[0]
         weight = numpy_helper.to_array(self.initializers[names[1]]).astype(np.float64)
         bias = numpy_helper.to_array(self.initializers[names[2]]).astype(np.float64)
-        self.head = Head(weight if self.trans_b else weight.T, bias.reshape(-1))
+        self.head = Head(
+            weight if self.trans_b else weight.T, bias.reshape(-1), self.temperature(path)
+        )
         self.cache: dict[tuple[Path, int], tuple[np.ndarray, ...]] = {}
+
+    def temperature(self, path: Path) -> float:
+        """The constant the Gemm's output is divided by before the softmax (1 if none)."""
+        from onnx import numpy_helper
+
+        for node in self.model.graph.node:
+            if node.op_type == "Div" and node.input[0] == self.gemm.output[0]:
+                if node.input[1] not in self.initializers:
+                    raise ModelError(f"{path}: the temperature after the Gemm is not a constant")
+                return float(numpy_helper.to_array(self.initializers[node.input[1]]))
+        return 1.0
 
     def feature_session(self) -> Any:
         """An onnxruntime session whose outputs are the features and the probabilities."""
@@ -174,7 +190,7 @@ def fit(
 ) -> Head:
     """Weighted softmax regression from `start` (Adam, full batch): each (features, labels,
     weight) set contributes its weight times its mean cross-entropy."""
-    w, b = start.weight.copy(), start.bias.copy()
+    w, b, t = start.weight.copy(), start.bias.copy(), start.temperature
     w0, b0 = start.weight, start.bias
     moments = [np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)]
     rate, beta1, beta2 = 1e-3, 0.9, 0.999
@@ -183,12 +199,12 @@ def fit(
         for x, y, weight in sets:
             if len(y) == 0:
                 continue
-            z = x @ w.T + b
+            z = (x @ w.T + b) / t
             p = np.exp(z - z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             p[np.arange(len(y)), y] -= 1
-            gw += weight * p.T @ x / len(y)
-            gb += weight * p.mean(0)
+            gw += weight * p.T @ x / (len(y) * t)
+            gb += weight * p.mean(0) / t
         for i, (param, grad) in enumerate(((w, gw), (b, gb))):
             m, v = moments[2 * i], moments[2 * i + 1]
             m *= beta1
@@ -196,7 +212,7 @@ def fit(
             v *= beta2
             v += (1 - beta2) * grad**2
             param -= rate * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + 1e-8)
-    return Head(w, b)
+    return Head(w, b, t)
 
 
 def usable(found: list[Sample]) -> tuple[np.ndarray, np.ndarray, list[str]]:

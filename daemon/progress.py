@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from digit_inbox.daemon.health import counts_text, plural
 from digit_inbox.daemon.rows import Status
 
 REDRAW_SECONDS = 0.5
@@ -59,14 +60,13 @@ class Progress:
             self.stream.flush()
 
     def summary(self, skipped: int = 0) -> str:
-        c = self.counts
+        by_status = {status.value: n for status, n in self.counts.items()}
         text = (
-            f"{self.done:,} files in {self.seconds:.1f} s ({self.rate:,.1f} files/s): "
-            f"{c[Status.OK]:,} ok, {c[Status.LOW_CONFIDENCE]:,} low confidence, "
-            f"{c[Status.BLANK]:,} blank, {c[Status.ERROR]:,} errors"
+            f"{plural(self.done, 'file')} in {self.seconds:.1f} s ({self.rate:,.1f} files/s): "
+            f"{counts_text(by_status)}"
         )
         if skipped:
-            text += f"; {skipped:,} skipped, already in the output"
+            text += f"; {plural(skipped, 'file')} skipped, already in the output"
         return text
 
 

@@ -43,6 +43,7 @@ FILES_PER_TASK = 4  # fewer round trips to the workers, still fine-grained enoug
 # Images per onnxruntime call, at most: large enough to cost ~0.1 ms an image, small enough
 # that the model reads the first files of a batch while the workers still decode the rest.
 INFERENCE_BATCH = 16
+DOCUMENTS = (".pdf", ".heic", ".heif")  # see is_document
 
 
 @dataclass
@@ -65,12 +66,15 @@ class Prepared:
 
 
 def prepare_file(
-    path: Path, max_pixels: int = decode.DEFAULT_MAX_PIXELS, debug_path: Path | None = None
+    path: Path,
+    max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+    debug_path: Path | None = None,
+    max_pages: int = decode.DEFAULT_MAX_PAGES,
 ) -> Prepared:
     """Decode and preprocess one file. Never raises for a bad file: it says why instead."""
     start = time.perf_counter()
     try:
-        decoded = decode.decode(path, max_pixels)
+        decoded = decode.decode(path, max_pixels, max_pages)
         prepared = preprocess.prepare(decoded.image, debug=debug_path is not None)
     except decode.DecodeError as exc:
         return failed(exc.reason, start)
@@ -101,9 +105,12 @@ def failed(reason: str, start: float) -> Prepared:
     return Prepared(preprocess.NO_IMAGES, Status.ERROR, error=reason, ms=elapsed_ms(start))
 
 
-def prepare_files(jobs: Sequence[tuple[Path, int, Path | None]]) -> list[Prepared]:
+Job = tuple[Path, int, Path | None, int]  # prepare_file's arguments
+
+
+def prepare_files(jobs: Sequence[Job]) -> list[Prepared]:
     """A worker's task: a few files in one round trip."""
-    return [prepare_file(path, max_pixels, debug) for path, max_pixels, debug in jobs]
+    return [prepare_file(*job) for job in jobs]
 
 
 def elapsed_ms(start: float) -> float:
@@ -142,12 +149,33 @@ def result(row: Row) -> str:
 
 
 def debug_name(name: str) -> str:
-    """A flat, safe file name for the debug strip of the file called `name`."""
-    flat = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__").replace(os.sep, "__"))
-    flat = flat.lstrip(".")
+    """A flat, safe, readable file name for the debug strip of the file called `name`:
+    `scans/sub/7.jpg` -> `scans__sub__7_jpg.png` (one extension, the folders kept)."""
+    parts = [p for p in name.replace(os.sep, "/").split("/") if p not in ("", ".")]
+    parts = ["up" if p == ".." else p for p in parts] or ["file"]
+    stem, dot, ext = parts[-1].rpartition(".")
+    parts[-1] = f"{stem}_{ext}" if dot and stem else parts[-1]
+    flat = re.sub(r"[^A-Za-z0-9._-]", "_", "__".join(parts)).lstrip(".")
     if len(flat) > 200:  # file systems stop at 255 bytes; keep it unique with a hash
         flat = flat[:180] + "_" + hashlib.sha256(name.encode(errors="replace")).hexdigest()[:12]
     return flat + ".png"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2.png`, `name-3.png`... when a strip of another file already has it."""
+    stem, number, candidate = name.removesuffix(".png"), 1, name
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}-{number}.png"
+    taken.add(candidate)
+    return candidate
+
+
+def is_document(name: str) -> bool:
+    """Whether `name` is a PDF or HEIC, whose parsers (PDFium, libheif) are large C/C++
+    libraries: such files are always read in a worker process, so a crash in one costs a
+    worker and an error row, never the daemon."""
+    return Path(name).suffix.lower() in DOCUMENTS
 
 
 def new_pool(workers: int) -> ProcessPoolExecutor:
@@ -184,6 +212,7 @@ class Reader:
         *,
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+        max_pages: int = decode.DEFAULT_MAX_PAGES,
         workers: int | None = None,
         batch_size: int = 64,
         debug_dir: Path | None = None,
@@ -196,10 +225,13 @@ class Reader:
         self.model_id: str = self.classifier.model_id
         self.min_confidence = min_confidence
         self.max_pixels = max_pixels
+        self.max_pages = max_pages
         self.workers = (os.cpu_count() or 1) if workers is None else max(0, workers)
         self.batch_size = max(1, batch_size)
         self.debug_dir = debug_dir
         self.digits = digits  # how many digits a reading must have (min, max); None: any
+        self._strips: dict[str, str] = {}  # file name -> its strip's name, unique in debug_dir
+        self._strip_names: set[str] = set()
         self._pool: ProcessPoolExecutor | None = None
 
     def read(self, items: Sequence[tuple[Path, str]]) -> list[Row]:
@@ -236,13 +268,22 @@ class Reader:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _job(self, path: Path, name: str) -> tuple[Path, int, Path | None]:
-        debug = self.debug_dir / debug_name(name) if self.debug_dir is not None else None
-        return path, self.max_pixels, debug
+    def _job(self, path: Path, name: str) -> Job:
+        debug = None
+        if self.debug_dir is not None:
+            if name not in self._strips:
+                self._strips[name] = unique_name(debug_name(name), self._strip_names)
+            debug = self.debug_dir / self._strips[name]
+        return path, self.max_pixels, debug, self.max_pages
 
     def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:
         few = isinstance(items, Sequence) and len(items) < 2 * FILES_PER_TASK
-        if self.workers <= 1 or (few and self._pool is None):  # a pool costs ~1 s to start
+        isolate = isinstance(items, Sequence) and any(is_document(name) for _, name in items)
+        # A pool costs ~1 s to start: one worker or a few files are read here, unless a PDF or
+        # HEIC is among them (workers=0 reads everything here).
+        if self.workers == 0 or (
+            (self.workers == 1 or (few and self._pool is None)) and not isolate
+        ):
             for path, name in items:
                 yield name, prepare_file(*self._job(path, name))
             return

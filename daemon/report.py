@@ -25,6 +25,8 @@ from digit_inbox.daemon import rows
 log = logging.getLogger(__name__)
 
 ENCODING = "utf-8"
+# Optional first bytes of a new report (filing.report_bom): Excel then reads it as UTF-8.
+BOM = "\ufeff".encode(ENCODING)
 # How far back to look for the last complete line when cutting a torn one.
 CHUNK = 64 * 1024
 
@@ -47,6 +49,13 @@ def header() -> bytes:
     return rows.header_line().encode(ENCODING)
 
 
+def line_cells(line: bytes) -> dict[str, str]:
+    """A report line's cells by column name, as a person reads them (no formula guard)."""
+    text = line.decode(ENCODING, "replace")
+    cells = next(csv.reader(io.StringIO(text)), [])
+    return {name: rows.unneutralise(cell) for name, cell in zip(rows.COLUMNS, cells, strict=False)}
+
+
 def replace_cell(line: bytes, column: str, value: str) -> bytes:
     """`line` with one column's cell replaced; the other cells stay byte for byte the same."""
     cells = next(csv.reader(io.StringIO(line.decode(ENCODING, "surrogateescape"))))
@@ -62,8 +71,9 @@ class Report:
     On open a torn last line is cut, so `size` is where the next line will start.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, bom: bool = False) -> None:
         self.path = path
+        self.bom = bom
         created = not path.exists()
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         try:
@@ -133,18 +143,19 @@ class Report:
         return b"".join(chunks)
 
     def append(self, lines: Iterable[bytes]) -> None:
-        """Append the lines (and the header first if the file is empty), then fsync."""
+        """Append the lines (and the header, after the BOM if asked for, first if the file is
+        empty), then fsync."""
         data = b"".join(lines)
         if not data:
             return
         if self.size == 0:
-            data = header() + data
+            data = (BOM if self.bom else b"") + header() + data
         self._write(data)
 
     def start(self) -> None:
         """Write the header to an empty report, so even a report of no rows has its columns."""
         if self.size == 0:
-            self._write(header())
+            self._write((BOM if self.bom else b"") + header())
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from digit_inbox.daemon import config
+from digit_inbox.daemon import config, filing
 from digit_inbox.daemon.corrections import Corrector, contained, parse_digits, report_rows
 from digit_inbox.daemon.errors import DigitInboxError, UsageError
 from digit_inbox.daemon.rows import Row, Status
@@ -83,7 +83,7 @@ class Review:
         with os.scandir(self.cfg.paths.review) as entries:
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)
-                if entry.name.startswith(".") or entry.name.endswith(".error.txt"):
+                if entry.name.startswith(".") or entry.name.endswith(filing.NOTE_SUFFIXES):
                     continue
                 if stat.S_ISREG(st.st_mode):
                     found.append((st.st_ctime, entry.name))
@@ -150,13 +150,21 @@ class Review:
 
     def strip(self, name: str) -> bytes:
         """The debug strip: each preprocessing step, why it was read so."""
-        from digit_inbox.daemon.recognize import prepare_file
+        from digit_inbox.daemon.recognize import Reader
+        from digit_inbox.daemon.service import model_path
 
         path = self.path(name)
-        with tempfile.TemporaryDirectory(prefix="digit-inbox-review-") as folder:
-            out = Path(folder) / "strip.png"
-            prepare_file(path, self.cfg.recognition.max_pixels, debug_path=out)
-            return out.read_bytes() if out.exists() else b""
+        recognition = self.cfg.recognition
+        with tempfile.TemporaryDirectory(prefix="digit-inbox-review-") as folder, Reader(
+            model_path(recognition),
+            min_confidence=recognition.min_confidence,
+            max_pixels=recognition.max_pixels,
+            workers=0,
+            debug_dir=Path(folder),
+        ) as reader:  # fmt: skip
+            reader.read([(path, name)])  # the strip is drawn once the model has read it
+            strips = list(Path(folder).glob("*.png"))
+            return strips[0].read_bytes() if strips else b""
 
 
 def row_json(row: Row) -> dict[str, Any]:

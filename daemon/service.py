@@ -42,10 +42,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from digit_inbox.daemon import config, filing, report
+from digit_inbox.daemon import config, filing, keys, report
 from digit_inbox.daemon.classifier import embedded_model
-from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, RuntimeFault
-from digit_inbox.daemon.health import Health
+from digit_inbox.daemon.errors import AlreadyRunning, ExitCode, ModelError, RuntimeFault
+from digit_inbox.daemon.health import Health, counts_text, duration, plural
 from digit_inbox.daemon.journal import Entry, Journal, State
 from digit_inbox.daemon.notify import Notifier
 from digit_inbox.daemon.rows import Row, Status
@@ -62,6 +62,8 @@ CHECK_SECONDS = 5.0
 # After the queue drains, rescan once (at most this often) for files whose events were lost.
 DRAIN_RESCAN_SECONDS = 10.0
 STATUS_SECONDS = 5.0
+# After filing, the status file is rewritten within this many seconds (at most once as often).
+FRESH_STATUS_SECONDS = 1.0
 
 
 class Reader(Protocol):
@@ -143,6 +145,7 @@ def open_reader(cfg: config.Config) -> Reader:
         r.model,
         min_confidence=r.min_confidence,
         max_pixels=r.max_pixels,
+        max_pages=r.max_pages,
         workers=r.workers,
         batch_size=r.batch_size,
         debug_dir=None,
@@ -154,8 +157,9 @@ def open_reader(cfg: config.Config) -> Reader:
 class StateLock:
     """An exclusive lock on the state folder: one daemon per journal."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, config_file: Path | None = None) -> None:
         self.path = folder / "daemon.lock"
+        self.config_file = config_file
         self.fd = -1
 
     def __enter__(self) -> StateLock:
@@ -165,11 +169,10 @@ class StateLock:
         except BlockingIOError:
             owner = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
-            raise ConfigError(
-                [
-                    f"paths.state: {self.path.parent} is in use by another digit-inbox (pid "
-                    f"{owner}); stop it, or give this daemon its own paths.state"
-                ]
+            raise AlreadyRunning(
+                f"{self.config_file or 'this config'}: another digit-inbox (pid {owner}) is "
+                f"already running on its state folder {self.path.parent} ({keys.STATE}); stop "
+                f"that one first, or give this config its own {keys.STATE}"
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
@@ -195,29 +198,36 @@ class Daemon:
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.model_id = ""
+        # Recovery retries (back_off) ping and report like the loop does, so these exist first.
+        self.notifier = Notifier.from_env()
+        self.next_metrics = self.next_ping = self.next_status = time.monotonic()
+        self.busy_since_scan = False
 
     # --- The recipe.
 
     def run(self) -> int:
         config.make_folders(self.cfg)
-        self.notifier = Notifier.from_env()
         self.watcher = Watcher(self.cfg, self.triage)
         self.pending = self.watcher.pending
         with (
-            StateLock(self.paths.state),
+            StateLock(self.paths.state, self.cfg.source),
             Journal(self.cfg.journal_file) as self.journal,
             self.reading_with(self.reader_factory()),
             self.signals(),
         ):
             self.model_id = self.reader.model_id
             self.health = Health(
-                self.cfg.status_file, self.cfg.metrics.textfile, self.model_id, self.paths.inbox
+                self.cfg.status_file,
+                self.cfg.metrics.textfile,
+                self.model_id,
+                self.paths.inbox,
+                self.cfg.source.absolute(),
             )
             try:
                 self.recover()
                 with self.watcher:
                     found = self.watcher.rescan()
-                    log.info("ready: %d file(s) waiting in %s", found, self.paths.inbox)
+                    log.info("ready: %s waiting in %s", plural(found, "file"), self.paths.inbox)
                     self.notifier.ready(self.status_text())
                     self.loop()
             except Stopped:
@@ -232,8 +242,6 @@ class Daemon:
     def loop(self) -> None:
         """Claim, read and file batches; one batch is read (on a thread: the decoding workers
         do the work) while the one before it is filed (mostly waiting for fsync)."""
-        self.next_metrics = self.next_ping = self.next_status = time.monotonic()
-        self.busy_since_scan = False
         reading: Future[list[Work]] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="digit-inbox-read") as reader_thread:
             try:
@@ -349,6 +357,8 @@ class Daemon:
                 w.row = self.error_row(w, why)
             elif not stat.S_ISREG(w.st.st_mode):
                 w.row = self.error_row(w, filing.kind(w.st.st_mode))
+            elif not config.has_image_extension(w.entry.original.name, self.cfg.watch):
+                w.row = self.error_row(w, not_a_scan_name(w.entry.original.name))
             elif w.st.st_size == 0:
                 limit = self.cfg.watch.empty_timeout_seconds
                 w.row = self.error_row(w, f"empty file (0 bytes) for more than {limit:g} s")
@@ -462,8 +472,9 @@ class Daemon:
         return self.paths.outbox / sub
 
     def free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
-        # In failed/ the name leaves room for its note: a 255-byte name has none left.
-        limit = filing.NOTED_NAME_MAX if folder == self.paths.failed else filing.NAME_MAX
+        # In failed/ and review/ the name leaves room for its note: a 255-byte name has none.
+        noted = folder in (self.paths.failed, self.paths.review)
+        limit = filing.NOTED_NAME_MAX if noted else filing.NAME_MAX
         return filing.free_name(folder, name, limit, taken)
 
     def relative(self, dest: Path) -> str:
@@ -473,7 +484,7 @@ class Daemon:
     def file_fresh(self, work: list[Work]) -> None:
         """The usual path: offset under the report's lock, journal, place, append, release."""
         assert work[0].entry.report is not None
-        with report.Report(work[0].entry.report) as rep:
+        with report.Report(work[0].entry.report, bom=self.cfg.filing.report_bom) as rep:
             for w in work:
                 w.entry.offset = rep.size
             self.record(classified=[w.entry for w in work])
@@ -491,7 +502,7 @@ class Daemon:
             if not w.gone and w.entry.report is not None:
                 by_report.setdefault(w.entry.report, []).append(w)
         for path, group in by_report.items():
-            with report.Report(path) as rep:
+            with report.Report(path, bom=self.cfg.filing.report_bom) as rep:
                 since = min(w.entry.offset or 0 for w in group)
                 rep.append(rep.missing((w.entry.line for w in group if w.entry.line), since))
         self.release(work)
@@ -521,6 +532,8 @@ class Daemon:
                 self.rename_destination(w)
         if e.status == Status.ERROR.value or e.error:  # failed/, or "not a number"
             filing.write_note(e.dest, self.note_text(e))
+        elif e.dest.parent == self.paths.review:
+            filing.write_note(e.dest, self.note_text(e), filing.REVIEW_SUFFIX)
 
     def rename_destination(self, w: Work) -> None:
         """The chosen name was taken by someone else: choose the next one and record it first."""
@@ -537,11 +550,15 @@ class Daemon:
         self.journal.record(classified=[e])
 
     def note_text(self, e: Entry) -> str:
-        return (
-            f"{e.name}: {e.error}\n"
-            f"claim: {e.claim_id}\nsha256: {e.sha256 or '-'}\n"
-            "Fix the file and drop it into the inbox again; this copy can then be deleted.\n"
-        )
+        """The note beside a failed or review file, from its report line (all a recovery has)."""
+        cells = report.line_cells(e.line or b"")
+        where, root = "the day's report", self.paths.data_root
+        if e.report is not None:  # the reports folder need not be beside the filing folders
+            inside = root in e.report.parents
+            where = os.fsdecode(e.report.relative_to(root)) if inside else str(e.report)
+        if e.status == Status.ERROR.value:
+            return failed_note(e.name, e.error, where)
+        return review_note(e.name, cells, where, self.cfg.recognition.min_confidence)
 
     def release(self, work: list[Work]) -> None:
         for w in work:
@@ -556,6 +573,8 @@ class Daemon:
                 )
 
     def after_filing(self, work: list[Work]) -> None:
+        # `digit-inbox status` should show these files soon, not a metrics interval later.
+        self.next_metrics = min(self.next_metrics, time.monotonic() + FRESH_STATUS_SECONDS)
         now = time.time()
         for w in work:
             self.finished.append(w.entry.claim_id)
@@ -589,20 +608,20 @@ class Daemon:
         adopted, foreign = self.orphan_claims({e.claim_id for e in resume + finish})
         resume += adopted
         if finish:
-            log.info("finishing %d file(s) the previous run had read", len(finish))
+            log.info("finishing %s the previous run had read", plural(len(finish), "file"))
             work = [Work(e) for e in finish]
             self.retry(lambda: self.finish(work))
             self.after_filing(work)
         if resume:
-            log.info("reading %d file(s) the previous run had claimed", len(resume))
+            log.info("reading %s the previous run had claimed", plural(len(resume), "file"))
         size = self.cfg.recognition.batch_size
         for start in range(0, len(resume), size):
             self.resume(resume[start : start + size])
         if foreign:
             log.warning(
-                "%d file(s) in %s were claimed by another digit-inbox (another paths.state); "
+                "%s in %s claimed by another digit-inbox (another paths.state); "
                 "that daemon finishes them when it runs again",
-                foreign,
+                plural(foreign, "file"),
                 self.paths.processing,
             )
 
@@ -712,7 +731,7 @@ class Daemon:
         ):
             self.busy_since_scan = False
             found = self.watcher.rescan()
-            log.debug("rescan: %d file(s) in the inbox", found)
+            log.debug("rescan: %s in the inbox", plural(found, "file"))
         if now >= self.next_metrics:
             self.next_metrics = now + self.cfg.metrics.interval_seconds
             self.write_health()
@@ -738,15 +757,15 @@ class Daemon:
     def status_text(self) -> str:
         done = sum(self.counts.values())
         waiting = len(self.pending)
-        return f"{done} file(s) filed, {waiting} waiting; watching {self.paths.inbox}"
+        return f"{plural(done, 'file')} filed, {waiting} waiting; watching {self.paths.inbox}"
 
     def shut_down(self) -> None:
         with contextlib.suppress(Exception):
             self.journal.record(done=self.finished, forget=self.forgotten)
         self.write_health()
-        seconds = time.monotonic() - self.started
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "no files"
-        log.info("stopped after %.0f s: %s", seconds, summary)
+        uptime = duration(time.monotonic() - self.started)
+        filed = plural(sum(self.counts.values()), "file")
+        log.info("stopped after %s: %s filed (%s)", uptime, filed, counts_text(self.counts))
 
     # --- Signals.
 
@@ -783,6 +802,54 @@ class Daemon:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def failed_note(name: str, error: str, report_name: str) -> str:
+    return (
+        f"{name} could not be read.\n"
+        f"Reason: {error}\n"
+        f"Report: {report_name}\n"
+        "Fix the file and drop it into the inbox again; this copy and this note can then be "
+        "deleted.\n"
+    )
+
+
+def review_note(name: str, cells: dict[str, str], report_name: str, min_confidence: float) -> str:
+    """What a person checking review/ needs: the reading, the runner-up, why it is here."""
+    status = cells.get("status", "")
+    if status == Status.BLANK.value:
+        reading = "nothing: no digit found"
+    else:
+        reading = f"{cells.get('digits') or '?'} (confidence {cells.get('confidence') or '-'})"
+        if cells.get("runner_up"):
+            reading += f"; runner-up {cells['runner_up']} ({cells.get('runner_up_confidence')})"
+    reasons = []
+    if status == Status.BLANK.value:
+        reasons.append("blank page")
+    confidence = cells.get("confidence", "")
+    if status == Status.LOW_CONFIDENCE.value and confidence and float(confidence) < min_confidence:
+        reasons.append(f"confidence under recognition.min_confidence ({min_confidence:g})")
+    if cells.get("note"):
+        reasons.append(cells["note"])
+    if status == Status.OK.value and cells.get("duplicate_of"):
+        reasons.append(f"same content as {cells['duplicate_of']} (filing.duplicates: review)")
+    return (
+        f"{name} needs a person to look at it.\n"
+        f"Read as: {reading}\n"
+        f"Why it is here: {'; '.join(reasons) or status.replace('_', ' ')}\n"
+        f"Report: {report_name}\n"
+        "File it where it belongs (or fix it and drop it into the inbox again); this note can then "
+        "be deleted.\n"
+    )
+
+
+def not_a_scan_name(name: str) -> str:
+    suffix = os.path.splitext(name)[1]
+    kind = f"the extension {suffix} is not" if suffix else "a name without an extension is not"
+    return (
+        f"not opened: {kind} one of the scan formats read ({keys.EXTENSIONS}); save it as PNG, "
+        "JPEG, TIFF or PDF and drop it again"
+    )
 
 
 def still_changing(w: Work) -> bool:

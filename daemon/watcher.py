@@ -252,7 +252,8 @@ class Pending:
 
 
 class Triage:
-    """Decides which names in the inbox are scans to take, and says once about the others."""
+    """Decides which names in the inbox to take: all but temporary, hidden and configured ones
+    (and sub-folders' files unless recursive); says once about the others."""
 
     def __init__(self, watch: config.Watch, inbox: Path, skip: set[Path]) -> None:
         self.watch = watch
@@ -262,7 +263,8 @@ class Triage:
         self._told_limit = 10_000
 
     def wanted(self, path: Path, *, is_dir: bool) -> bool:
-        """Whether `path` (inside the inbox) should be taken: read, or failed as a non-file."""
+        """Whether `path` (inside the inbox) should be taken: read, or failed as a non-file or a
+        file without one of watch.extensions."""
         try:
             relative = path.relative_to(self.inbox)
         except ValueError:
@@ -278,10 +280,7 @@ class Triage:
             return False
         if is_dir:
             return not self.watch.recursive  # a folder is failed when folders are not read
-        if not config.has_image_extension(name, self.watch):
-            self._tell(path, logging.INFO, "not an image extension (watch.extensions)")
-            return False
-        return True
+        return True  # without a scan extension too: it gets an error row, not silence
 
     def _tell(self, path: Path, level: int, why: str) -> None:
         if path not in self._told and len(self._told) < self._told_limit:

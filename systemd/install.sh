@@ -101,8 +101,8 @@ install_program() {
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
         || die "$PYTHON is older than 3.10; set PYTHON to a newer interpreter"
     [ -x "$DESTDIR$PREFIX/bin/python" ] || "$PYTHON" -m venv "$DESTDIR$PREFIX"
-    # Not editable and without extras: the service needs onnxruntime, never torch.
-    "$DESTDIR$PREFIX/bin/pip" install --quiet --disable-pip-version-check --upgrade "$REPO"
+    # Not editable; the format extras (PDF, HEIC) but not [train]: the service never needs torch.
+    "$DESTDIR$PREFIX/bin/pip" install --quiet --disable-pip-version-check --upgrade "$REPO[pdf,heif]"
     # On PATH for `digit-inbox status`; the service itself calls the full path.
     mkdir -p "$DESTDIR/usr/local/bin"
     ln -sfn "$PREFIX/bin/$NAME" "$DESTDIR/usr/local/bin/$NAME"

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from digit_inbox.daemon import recognize
 
 
-def prepare_files(jobs: Sequence[tuple[Path, int, Path | None]]) -> list[recognize.Prepared]:
-    if any(path.name.startswith("crash") for path, _, _ in jobs):
+def prepare_files(jobs: Sequence[recognize.Job]) -> list[recognize.Prepared]:
+    if any(job[0].name.startswith("crash") for job in jobs):
         os._exit(1)
     return recognize.prepare_files(jobs)

@@ -128,7 +128,8 @@ class Folders(Paths):
         found = []
         for folder in (self.outbox, self.review, self.failed):
             for path in folder.rglob("*"):
-                if path.name.endswith(".error.txt") or (path.is_dir() and not path.is_symlink()):
+                note = path.name.endswith((".error.txt", ".review.txt"))
+                if note or (path.is_dir() and not path.is_symlink()):
                     continue
                 found.append(path)
         return sorted(found)

@@ -44,12 +44,17 @@ def folder(tmp_path: Path) -> Path:
     return scans
 
 
-def test_a_folder_gives_one_row_per_image_in_sorted_order(capsys, folder):
-    code, out, _ = classify(capsys, str(folder))
+def test_a_folder_gives_one_row_per_image_in_sorted_order(capsys, folder, monkeypatch):
+    monkeypatch.chdir(folder.parent)
+    code, out, _ = classify(capsys, "scans")
     assert code == ExitCode.OK
     found = parse(out)
-    assert [r["file"] for r in found] == ["a.png", "b.png", "sub/c.png"]
-    labels = {"a.png": digit_png(1)[1], "b.png": digit_png(0)[1], "sub/c.png": digit_png(2)[1]}
+    assert [r["file"] for r in found] == ["scans/a.png", "scans/b.png", "scans/sub/c.png"]
+    labels = {
+        "scans/a.png": digit_png(1)[1],
+        "scans/b.png": digit_png(0)[1],
+        "scans/sub/c.png": digit_png(2)[1],
+    }
     for row in found:
         assert row["status"] == "ok"
         assert row["digits"] == str(labels[row["file"]])
@@ -65,9 +70,10 @@ def test_a_file_named_explicitly_is_always_tried(capsys, folder):
     assert good["file"] == str(folder / "a.png") and good["status"] == "ok"
 
 
-def test_one_unreadable_file_makes_exit_status_1_and_the_rest_are_read(capsys, folder):
+def test_one_unreadable_file_makes_exit_status_1_and_the_rest_are_read(capsys, folder, monkeypatch):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
-    code, out, _ = classify(capsys, str(folder))
+    monkeypatch.chdir(folder)
+    code, out, _ = classify(capsys, ".")
     assert code == ExitCode.FILES_FAILED
     statuses = {r["file"]: r["status"] for r in parse(out)}
     assert statuses == {"a.png": "ok", "b.png": "ok", "broken.png": "error", "sub/c.png": "ok"}
@@ -150,11 +156,44 @@ def test_output_into_a_missing_folder_is_a_usage_error(capsys, caplog, folder, t
     assert code == ExitCode.USAGE and "cannot write" in caplog.text
 
 
-def test_debug_dir_gets_a_strip_per_file(capsys, folder, tmp_path):
-    debug = tmp_path / "debug"
-    code, _, _ = classify(capsys, str(folder), "--debug-dir", str(debug))
+def test_debug_dir_gets_a_strip_per_file_named_after_it(capsys, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = classify(capsys, "scans", "--debug-dir", "debug")
     assert code == ExitCode.OK
-    assert sorted(p.name for p in debug.iterdir()) == ["a.png.png", "b.png.png", "sub__c.png.png"]
+    strips = sorted(p.name for p in (tmp_path / "debug").iterdir())
+    assert strips == ["scans__a_png.png", "scans__b_png.png", "scans__sub__c_png.png"]
+
+
+def test_two_folders_with_the_same_file_name_give_two_rows_and_two_strips(
+    capsys, tmp_path, monkeypatch
+):
+    for side in ("left", "right"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "scan.png").write_bytes(digit_png(7)[0])
+    (tmp_path / "scan png.png").write_bytes(digit_png(7)[0])  # flattens like scan_png.png
+    (tmp_path / "scan_png.png").write_bytes(digit_png(7)[0])
+    monkeypatch.chdir(tmp_path)
+    named = ["left", "right", "left/scan.png", "scan png.png", "scan_png.png"]
+    code, out, _ = classify(capsys, *named, "--debug-dir", "debug")
+    assert code == ExitCode.OK
+    files = [r["file"] for r in parse(out)]
+    assert files == ["left/scan.png", "right/scan.png", "scan png.png", "scan_png.png"]
+    strips = sorted(p.name for p in (tmp_path / "debug").iterdir())
+    assert strips == [
+        "left__scan_png.png",
+        "right__scan_png.png",
+        "scan_png_png-2.png",
+        "scan_png_png.png",
+    ]
+
+
+def test_a_file_named_by_its_full_path_gets_a_readable_strip_name(capsys, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "scan.jpg").write_bytes(digit_png(7)[0])
+    classify(capsys, str(tmp_path / "x" / "scan.jpg"), "--debug-dir", str(tmp_path / "debug"))
+    [strip] = (tmp_path / "debug").iterdir()
+    assert strip.name.endswith("__x__scan_jpg.png") and not strip.name.startswith("_")
+    assert strip.name.count(".") == 1
 
 
 def test_an_empty_folder_gives_the_header_only(capsys, caplog, tmp_path):
@@ -173,7 +212,7 @@ def test_help_explains_the_exit_status(capsys):
     with pytest.raises(SystemExit):
         cli.main(["classify", "--help"])
     text = capsys.readouterr().out
-    assert "Exit status: 0" in text and "1 when any file could not be read" in text
+    assert "exit status:\n  0 " in text and "1    `classify`: some file could not be read" in text
 
 
 def test_the_worker_pool_gives_the_same_csv(capsys, folder):
@@ -189,8 +228,9 @@ def test_the_worker_pool_gives_the_same_csv(capsys, folder):
 
 
 @pytest.mark.skipif(not (SCANS / "labels.csv").exists(), reason="no sample scans committed")
-def test_the_committed_sample_scans_are_read_accurately(capsys):
-    code, out, _ = classify(capsys, str(SCANS))
+def test_the_committed_sample_scans_are_read_accurately(capsys, monkeypatch):
+    monkeypatch.chdir(SCANS)
+    code, out, _ = classify(capsys, ".")
     assert out.startswith(rows.header_line())
     with open(SCANS / "labels.csv", newline="") as f:
         labels = {r["file"]: r["label"] for r in csv.DictReader(f)}
@@ -199,3 +239,15 @@ def test_the_committed_sample_scans_are_read_accurately(capsys):
     assert code == ExitCode.OK
     correct = sum(found[name]["digits"] == label for name, label in labels.items())
     assert correct / len(labels) >= 0.85
+
+
+def test_the_summary_counts_files_in_words_and_statuses_in_the_shared_order(
+    capsys, caplog, tmp_path
+):
+    one = tmp_path / "one.png"
+    one.write_bytes(digit_png(5)[0])
+    caplog.set_level("INFO")
+    classify(capsys, str(one))
+    [summary] = [r.getMessage() for r in caplog.records if " in " in r.getMessage()]
+    assert summary.startswith("1 file in ")
+    assert summary.endswith(": 1 ok, 0 low_confidence, 0 blank, 0 error")

@@ -262,3 +262,11 @@ def test_a_model_that_does_not_match_its_pinned_sha256_is_refused_with_exit_5(tm
     result = run_cli("run", "--check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 5
     assert "model_sha256 pins" in result.stderr
+
+
+def test_every_key_other_modules_name_in_messages_is_a_key_of_the_config():
+    from digit_inbox.daemon import keys
+
+    named = {v for k, v in vars(keys).items() if k.isupper()}
+    known = {f"{section}.{key}" for section, ks in config.schema(Path(".")).items() for key in ks}
+    assert named and named <= known

@@ -202,11 +202,13 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_0_with_nothing_half_done(s
     assert_each_exactly_once(daemon.folders, names)
 
 
-def test_a_second_daemon_on_the_same_state_folder_is_refused_with_exit_3(start_daemon):
+def test_a_second_daemon_on_the_same_state_folder_exits_7_naming_the_config_and_the_first(
+    start_daemon,
+):
     first = start_daemon()
     second = start_daemon(first.config, wait=False)
-    assert second.proc.wait(60) == 3
-    assert "in use by another digit-inbox" in second.log
+    assert second.proc.wait(60) == 7
+    assert f"{first.config}: another digit-inbox (pid {first.proc.pid}) is already" in second.log
     assert first.stop() == 0
 
 

@@ -143,7 +143,7 @@ def test_the_state_file_counts_files_by_status_and_names_the_last_one(monitor, p
     assert state["last_file"] == {
         "name": "=cmd.png",
         "status": "ok",
-        "digit": "3",
+        "digits": "3",
         "time": "2030-01-02T03:04:05+00:00",
     }
     assert state["pid"] == os.getpid()
@@ -330,11 +330,29 @@ def test_a_live_fresh_daemon_has_no_problem(monitor, paths):
     assert health.problem(read_json(paths[0]), time.time(), stale_after=30) is None
 
 
-def test_a_dead_pid_is_a_problem_that_says_where_to_look(monitor, paths):
+def test_a_dead_pid_under_systemd_is_a_problem_that_points_at_the_journal(monitor, paths):
     monitor.write()
-    state = read_json(paths[0]) | {"pid": dead_pid()}
+    state = read_json(paths[0]) | {"pid": dead_pid(), "systemd_unit": "digit-inbox@lab.service"}
     why = health.problem(state, time.time(), stale_after=30)
-    assert why is not None and "not running" in why and "journalctl" in why
+    assert why is not None and why.startswith("digit-inbox is not running")
+    assert "`journalctl -u digit-inbox@lab.service`" in why
+    assert "`sudo systemctl start digit-inbox@lab.service`" in why
+
+
+def test_a_daemon_started_in_a_terminal_gets_advice_without_systemd(monitor, paths):
+    monitor.write()
+    state = read_json(paths[0]) | {"pid": dead_pid(), "config": "/home/me/config.yaml"}
+    assert state["systemd_unit"] is None  # the tests run outside systemd
+    why = health.problem(state, time.time(), stale_after=30)
+    assert why is not None and "journalctl" not in why and "systemctl" not in why
+    assert "digit-inbox run --config /home/me/config.yaml" in why
+
+
+def test_the_unit_is_recorded_when_systemd_started_the_daemon(tmp_path, monkeypatch):
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    assert health.systemd_unit() is not None and health.systemd_unit().endswith(".service")
+    monkeypatch.delenv("INVOCATION_ID")
+    assert health.systemd_unit() is None
 
 
 def test_a_stale_state_file_is_a_problem(monitor, paths):
@@ -349,7 +367,7 @@ def test_the_description_shows_queue_counts_last_file_uptime_and_model(monitor, 
     monitor.set_queue_depth(5)
     monitor.write()
     text = health.describe(read_json(paths[0]), time.time() + 3700)
-    assert "5 file(s) waiting" in text
+    assert "5 files waiting" in text
     assert "3 ok, 1 low_confidence, 1 blank, 1 error" in text
     assert "=cmd.png: ok digit 3" in text
     assert "1h 01m" in text
@@ -384,15 +402,38 @@ def test_status_does_not_need_to_write_the_daemons_folders(tmp_path, capsys):
     assert "cnn-test" in capsys.readouterr().out
 
 
-def test_status_of_a_stopped_daemon_exits_non_zero_and_says_why(tmp_path, capsys, caplog):
+def test_status_of_a_stopped_daemon_says_so_plainly_and_exits_non_zero(tmp_path, capsys, caplog):
+    config = write_config(tmp_path)
+    state_file = tmp_path / "var" / "state" / "status.json"
+    state_file.parent.mkdir(parents=True)
+    monitor = Health(state_file, None, model_id="cnn-test")
+    monitor.record(row("a.png", Status.OK, "7"), 0.01)
+    monitor.set_queue_depth(3)
+    monitor.write()
+    state_file.write_text(json.dumps(read_json(state_file) | {"pid": dead_pid()}))
+    assert health.print_status(config) == health.ExitCode.RUNTIME
+    out = capsys.readouterr().out
+    assert re.match(r"daemon +not running \(was pid \d+ on ", out)
+    assert "a.png: ok digit 7" in out and "1 ok, 0 low_confidence" in out
+    assert "running," not in out and "queue" not in out and "uptime" not in out
+    assert "is not running" in caplog.text
+
+
+def test_status_says_how_old_its_answer_is(tmp_path, capsys):
     config = write_config(tmp_path)
     state_file = tmp_path / "var" / "state" / "status.json"
     state_file.parent.mkdir(parents=True)
     Health(state_file, None, model_id="cnn-test").write()
-    state_file.write_text(json.dumps(read_json(state_file) | {"pid": dead_pid()}))
-    assert health.print_status(config) == health.ExitCode.RUNTIME
-    assert "cnn-test" in capsys.readouterr().out
-    assert "is not running" in caplog.text
+    assert health.print_status(config) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("daemon") and "running, pid" in lines[0]
+    assert re.fullmatch(r"as of +\d+s ago", lines[1])
+
+
+def test_status_run_from_another_folder_suggests_the_config_option(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["status"]) == health.ExitCode.CONFIG
+    assert "digit-inbox status --config PATH" in caplog.text and "copy" not in caplog.text
 
 
 def test_status_without_a_state_file_exits_with_the_runtime_code(tmp_path, caplog):

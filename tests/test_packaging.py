@@ -135,3 +135,17 @@ def test_the_wheel_ships_the_model_and_the_type_marker(wheel: zipfile.ZipFile) -
 def test_the_wheel_installs_the_digit_inbox_command(wheel: zipfile.ZipFile) -> None:
     entry_points = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
     assert "digit-inbox = digit_inbox.daemon.cli:main" in wheel.read(entry_points).decode()
+
+
+def test_pdf_and_heic_readers_are_extras_that_ci_and_the_service_install() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "pypdfium2" not in core and "pillow-heif" not in core  # `pip install .` stays light
+    assert project["optional-dependencies"]["pdf"][0].startswith("pypdfium2")
+    assert project["optional-dependencies"]["heif"][0].startswith("pillow-heif")
+    ci_run = (REPO / ".ci/run").read_text().splitlines()
+    ci_pip = next(line for line in ci_run if "pip install" in line)
+    assert "pdf" in ci_pip and "heif" in ci_pip  # so CI runs the PDF and HEIC tests
+    assert '"$REPO[pdf,heif]"' in (REPO / "systemd/install.sh").read_text()

@@ -158,7 +158,9 @@ def test_debug_strips_are_written_per_file(tmp_path):
     with recognize.Reader(workers=0, debug_dir=debug) as reader:
         reader.read(items)
     strips = sorted(debug.iterdir())
-    assert [p.name for p in strips] == sorted(f"a__{name}.png" for _, name, _ in files)
+    assert [p.name for p in strips] == sorted(
+        f"a__{name.replace('.', '_')}.png" for _, name, _ in files
+    )
     assert Image.open(strips[0]).height > 28
 
 
@@ -172,6 +174,33 @@ def test_the_strip_caption_says_what_was_read_or_why_nothing_was():
     assert caption.endswith("digit 2 of 2 is unsure (0.52)")
 
 
+def test_digits_scanned_to_a_pdf_are_read_in_the_workers_with_a_note_for_more_pages(tmp_path):
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    images, labels = mnist_test_digits()
+    expected = []
+    for i in range(2 * recognize.FILES_PER_TASK):  # enough for the pool, not in-process
+        pages = [Image.fromarray(255 - images[i + k]).resize((84, 84)) for k in range(1 + i % 2)]
+        pages[0].save(tmp_path / f"{i}.pdf", save_all=True, append_images=pages[1:])
+        expected.append((str(labels[i]), "first of 2 pages" if i % 2 else ""))
+    items = [(tmp_path / f"{i}.pdf", f"{i}.pdf") for i in range(len(expected))]
+    with recognize.Reader(workers=2) as reader:
+        rows = reader.read(items)
+        assert reader._pool is not None  # read by the decoding workers
+    got = [(row.digits, row.note) for row in rows]
+    assert sum(g == e for g, e in zip(got, expected, strict=True)) >= len(expected) - 1, got
+
+
+def test_a_single_pdf_is_read_in_a_worker_process_even_with_one_worker(tmp_path):
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    (png, _, _), *_ = write_digits(tmp_path, 1)
+    Image.open(png).save(tmp_path / "scan.pdf")
+    with recognize.Reader(workers=1) as reader:
+        reader.read([(png, png.name)])
+        assert reader._pool is None  # an image: read here, no pool to start
+        [row] = reader.read([(tmp_path / "scan.pdf", "scan.pdf")])
+        assert reader._pool is not None and row.status is not Status.ERROR
+
+
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
     (path, _, _), *_ = write_digits(tmp_path, 1)
     prepared = recognize.prepare_file(path)
@@ -183,6 +212,7 @@ def test_prepare_file_returns_a_small_picklable_result(tmp_path):
 def test_debug_names_are_flat_and_safe(name):
     flat = recognize.debug_name(name)
     assert "/" not in flat and not flat.startswith(".") and flat.endswith(".png")
+    assert flat.count(".png") == 1
     assert len(flat.encode()) <= 255
 
 

@@ -122,3 +122,25 @@ def test_a_removed_reports_folder_is_made_again(tmp_path):
     with report.Report(path) as rep:
         rep.append([line("a.png")])
     assert [r["file"] for r in read_rows(path)] == ["a.png"]
+
+
+def test_by_default_a_report_starts_with_its_header_and_no_byte_order_mark(tmp_path):
+    path = tmp_path / "r.csv"
+    with report.Report(path) as rep:
+        rep.append([line("März.png")])
+    assert path.read_bytes().startswith(b"time,file,")
+
+
+def test_with_a_bom_excel_reads_utf_8_and_csv_readers_still_read_every_row(tmp_path):
+    path = tmp_path / "r.csv"
+    with report.Report(path, bom=True) as rep:
+        rep.append([line("März.png")])
+    with report.Report(path, bom=True) as rep:  # appending later adds no second mark
+        rep.append([line("b.png")])
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbftime,file,") and data.count(b"\xef\xbb\xbf") == 1
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        found = list(csv.DictReader(f))
+    assert next(iter(found[0])) == "time"  # the mark is not part of the first column's name
+    assert [r["file"] for r in found] == ["März.png", "b.png"]
+    assert data.decode("utf-8-sig").splitlines()[0] == rows.header_line().rstrip("\r\n")

@@ -3,8 +3,10 @@ easily provoke (a full disk, a name taken at the last moment, a reader that cras
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from digit_inbox.daemon import config, report, service
+from digit_inbox.daemon import config, health, report, service
 from digit_inbox.daemon.rows import Row, Status
-from tests.helpers import Folders, drop, wait_until, write_config
+from tests.helpers import Folders, StandIn, drop, wait_until, write_config
 
 
 class FakeReader:
@@ -145,6 +147,53 @@ def test_duplicates_are_flagged_and_with_the_review_policy_sent_to_review(run_da
     assert rows["again.png"]["moved_to"] == "review/again.png"
 
 
+def test_a_file_without_a_scan_extension_gets_an_error_row_and_goes_to_failed(run_daemon, tmp_path):
+    daemon, reader = run_daemon()
+    drop(daemon.paths.inbox, "minutes.docx", b"digit:4")  # never read, whatever it holds
+    drop(daemon.paths.inbox, "README", b"digit:4")
+    rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
+    assert rows["minutes.docx"]["status"] == "error"
+    assert (
+        "the extension .docx is not one of the scan formats read (watch.extensions)"
+        in (rows["minutes.docx"]["error"])
+    )
+    assert "a name without an extension is not one" in rows["README"]["error"]
+    assert {r["moved_to"] for r in rows.values()} == {"failed/minutes.docx", "failed/README"}
+    note = (daemon.paths.failed / "minutes.docx.error.txt").read_text()
+    assert rows["minutes.docx"]["error"] in note
+    assert f"Report: reports/{rows['README']['time'][:10]}.csv" in note
+    assert "claim" not in note and "sha256" not in note  # no internals
+    assert reader.calls == []
+    assert [p.name for p in daemon.paths.inbox.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_file_in_review_has_a_note_with_the_reading_the_runner_up_and_why(run_daemon, tmp_path):
+    daemon, reader = run_daemon(filing={"duplicates": "review"})
+    real_read = reader.read
+
+    def unsure(items: Sequence[tuple[Path, str]]) -> list[Row]:
+        rows = real_read(items)
+        for row in rows:
+            if row.file == "unsure.png":
+                row.status, row.confidence = Status.LOW_CONFIDENCE, 0.41
+                row.runner_up, row.runner_up_confidence = "1", 0.32
+        return rows
+
+    reader.read = unsure  # type: ignore[method-assign]
+    drop(daemon.paths.inbox, "unsure.png", b"digit:7")
+    drop(daemon.paths.inbox, "=again.png", b"digit:7")
+    rows = {r["file"]: r for r in rows_of(tmp_path, 2)}
+    assert rows["unsure.png"]["moved_to"] == "review/unsure.png"
+    note = (daemon.paths.review / "unsure.png.review.txt").read_text()
+    assert "Read as: 7 (confidence 0.4100); runner-up 1 (0.3200)" in note
+    assert "Why it is here: confidence under recognition.min_confidence (0.6)" in note
+    assert f"Report: reports/{rows['unsure.png']['time'][:10]}.csv" in note
+    assert "claim" not in note and "sha256" not in note  # no internals
+    again = (daemon.paths.review / "=again.png.review.txt").read_text()
+    assert again.startswith("=again.png needs a person")  # the name, not its CSV guard
+    assert "same content as review/unsure.png (filing.duplicates: review)" in again
+
+
 def test_the_outbox_layout_can_file_by_date(run_daemon, tmp_path):
     daemon, _ = run_daemon(filing={"layout": "{date}/{digit}"})
     drop(daemon.paths.inbox, "a.png", b"digit:7")
@@ -225,3 +274,87 @@ def test_claims_of_a_lost_journal_are_read_and_other_daemons_claims_left_alone(
     [row] = rows_of(tmp_path, 1)
     assert row["file"] == "mine.png" and row["moved_to"] == "outbox/6/mine.png"
     assert theirs.read_bytes() == b"digit:9"
+
+
+def test_a_full_disk_while_finishing_the_previous_run_is_waited_out_under_systemd(
+    run_daemon, tmp_path, monkeypatch
+):
+    """Recovery runs before the loop: its retries ping the watchdog like the loop's do."""
+    receiver = StandIn(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(receiver.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = config.load(write_config(tmp_path))
+    tag = service.Daemon(cfg, FakeReader).tag
+    config.make_folders(cfg)
+    (cfg.paths.processing / f"host.1.{tag}.00000001_left.png").write_bytes(b"digit:2")
+    failures = {"left": 1}
+    real_append = report.Report.append
+
+    def append(self: report.Report, lines: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, lines)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report.Report, "append", append)
+    try:
+        run_daemon()
+        receiver.wait_for("READY=1", 20)
+        [row] = rows_of(tmp_path, 1)
+        assert row["file"] == "left.png" and row["moved_to"] == "outbox/2/left.png"
+        assert any("waiting: " in line for _, message in receiver.messages for line in message)
+    finally:
+        receiver.sock.close()
+
+
+def test_the_stop_summary_counts_like_status_does(run_daemon, tmp_path, caplog):
+    caplog.set_level("INFO", logger="digit_inbox.daemon.service")
+    daemon, _ = run_daemon()
+    drop(daemon.paths.inbox, "a.png", b"digit:4")
+    drop(daemon.paths.inbox, "b.png", b"not a digit")
+    rows_of(tmp_path, 2)
+    # Counted just after the rows are appended: wait for that, not only for the rows.
+    wait_until(lambda: daemon.status_text().startswith("2 files filed, 0 waiting"), 10, "counts")
+    daemon.stop()
+    wait_until(lambda: "stopped after" in caplog.text, 10, "the stop summary")
+    [summary] = [r.getMessage() for r in caplog.records if "stopped after" in r.getMessage()]
+    counts = health.counts_text({"ok": 1, "error": 1})
+    assert counts == "1 ok, 0 low_confidence, 0 blank, 1 error"
+    assert re.fullmatch(rf"stopped after \d+s: 2 files filed \({counts}\)", summary)
+
+
+def test_filing_report_bom_starts_the_days_report_with_a_byte_order_mark(run_daemon, tmp_path):
+    daemon, _ = run_daemon(filing={"report_bom": True})
+    drop(daemon.paths.inbox, "März.png", b"digit:3")
+    rows_of(tmp_path, 1)
+    [path] = daemon.paths.reports.glob("*.csv")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbftime,")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == ["März.png"]
+
+
+def test_notes_name_a_report_kept_apart_from_the_filing_folders_by_its_full_path(
+    run_daemon, tmp_path
+):
+    daemon, _ = run_daemon(paths={"reports": "./elsewhere/reports"})
+    drop(daemon.paths.inbox, "bad.png", b"not a digit")
+    note = daemon.paths.failed / "bad.png.error.txt"
+    wait_until(note.exists, 20, "the note")
+    [report_path] = daemon.paths.reports.glob("*.csv")
+    assert f"Report: {report_path}\n" in note.read_text()
+    assert (daemon.paths.failed / "bad.png").exists()
+
+
+def test_the_status_file_shows_filed_files_within_seconds_not_a_metrics_interval(
+    run_daemon, tmp_path
+):
+    daemon, _ = run_daemon(metrics={"interval_seconds": 3600})
+    drop(daemon.paths.inbox, "a.png", b"digit:4")
+    rows_of(tmp_path, 1)
+
+    def counted() -> bool:
+        state = health.read_state(daemon.cfg.status_file)
+        return bool(state["counts"]["total"]["ok"] == 1)
+
+    wait_until(counted, 10, "the status file to count the file")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from digit_inbox.daemon import config
+from digit_inbox.daemon.errors import ExitCode
 from tests.helpers import Folders, daemon_env, digit_png, drop, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,19 +122,51 @@ def test_the_template_is_the_main_unit_with_per_instance_paths():
     assert settings(as_main) == settings((SYSTEMD / "digit-inbox.service").read_text())
 
 
+def test_a_bad_config_exits_the_main_process_with_a_status_that_stops_the_restarts(tmp_path):
+    """RestartPreventExitStatus= applies to the main process only, not to ExecStartPre= (whose
+    failure is retried until the start limit): the daemon itself checks the config on start."""
+    for name, text in shipped_units().items():
+        lines = settings(text)
+        assert not [line for line in lines if line.startswith("ExecStartPre=")], name
+        [command] = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+        [prevent] = [line.split("=", 1)[1] for line in lines if line.startswith("RestartPrevent")]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("recognition:\n  min_confidence: 7\n")
+        program, *args = command.split()
+        assert program == "/opt/digit-inbox/bin/digit-inbox", name
+        args = [str(bad) if arg.startswith("/etc/digit-inbox/") else arg for arg in args]
+        result = subprocess.run(
+            [sys.executable, "-m", "digit_inbox.daemon", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=daemon_env(),
+        )
+        assert result.returncode == 3, result.stderr
+        assert "recognition.min_confidence" in result.stderr
+        assert "3" in prevent.split(), name
+        # Nor is any other error a restart cannot fix.
+        unfixable = (ExitCode.USAGE, ExitCode.CONFIG, ExitCode.MODEL, ExitCode.ALREADY_RUNNING)
+        assert {str(int(code)) for code in unfixable} <= set(prevent.split()), name
+
+
 # --- What the sandbox forbids, tried on the daemon's own work ---------------------------------
 
 # What the service does: its imports, a folder watch, a WAL journal, hard links and renames, a
-# decode and an inference.
+# decode (PNG, and the PDF and HEIC in $SAMPLES, see `samples`) and an inference.
 WORKLOAD = """
 import os, sqlite3, tempfile, numpy as np
+from pathlib import Path
 from PIL import Image
+from digit_inbox.daemon import decode
 from watchdog.observers import Observer
 from watchdog.events import FileSystemEventHandler
 from digit_inbox.daemon.classifier import Classifier
 folder = tempfile.mkdtemp()
 Image.new("L", (64, 64), 255).save(folder + "/scan.png")
 Image.open(folder + "/scan.png").convert("L").resize((28, 28)).load()
+for name, fmt in (("scan.pdf", "PDF"), ("scan.heic", "HEIF")):
+    assert decode.decode(Path(os.environ["SAMPLES"], name)).format == fmt, name
 observer = Observer()
 observer.schedule(FileSystemEventHandler(), folder)
 observer.start(); observer.stop(); observer.join()
@@ -165,11 +199,29 @@ else:
 """
 
 
+@pytest.fixture
+def samples(tmp_path: Path) -> dict[str, str]:
+    """The environment for WORKLOAD: a PDF and a HEIC made outside the sandbox (the encoders are
+    no part of the daemon), for the decoding workers to read inside it."""
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the [heif] extra is not installed")
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    page = Image.new("RGB", (64, 64), "white")
+    page.save(folder / "scan.pdf")
+    pillow_heif.from_pillow(page).save(folder / "scan.heic")
+    return {**os.environ, "SAMPLES": str(folder)}
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="MemoryDenyWriteExecute is Linux only")
-def test_the_daemon_works_when_writable_memory_can_never_become_executable():
+def test_the_daemon_works_when_writable_memory_can_never_become_executable(samples):
     """MemoryDenyWriteExecute=yes: onnxruntime must not JIT, Python must not need W+X pages."""
     result = subprocess.run(
-        [sys.executable, "-c", MDWE + WORKLOAD], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", MDWE + WORKLOAD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=samples,
     )
     if result.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
@@ -177,7 +229,7 @@ def test_the_daemon_works_when_writable_memory_can_never_become_executable():
     assert "workload ok" in result.stdout
 
 
-def test_the_daemon_works_with_a_proc_that_shows_processes_only(tmp_path):
+def test_the_daemon_works_with_a_proc_that_shows_processes_only(tmp_path, samples):
     """ProtectProc=invisible + ProcSubset=pid: no /proc/cpuinfo, and inference still runs."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
@@ -192,6 +244,7 @@ def test_the_daemon_works_with_a_proc_that_shows_processes_only(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env=samples,
     )
     if result.returncode == 77 or "unshare failed" in result.stderr:
         pytest.skip(f"cannot mount a restricted /proc here: {result.stderr.strip()}")
@@ -280,7 +333,7 @@ def allowed_numbers(systemd_analyze: str) -> str:
     return ",".join(sorted(numbers[name] for name in allowed if name in numbers))
 
 
-def test_the_daemon_works_under_the_units_system_call_filter(allowed_numbers, tmp_path):
+def test_the_daemon_works_under_the_units_system_call_filter(allowed_numbers, tmp_path, samples):
     for code in (REFUSED, WORKLOAD):
         script = tmp_path / "script.py"
         script.write_text(code)
@@ -289,6 +342,7 @@ def test_the_daemon_works_under_the_units_system_call_filter(allowed_numbers, tm
             capture_output=True,
             text=True,
             timeout=120,
+            env=samples,
         )
         assert result.returncode == 0, result.stderr
         assert " ok" in result.stdout

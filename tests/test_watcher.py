@@ -157,19 +157,21 @@ def test_take_returns_at_most_the_limit_oldest_first(cfg):
     assert len(pending) == 2
 
 
-def test_triage_takes_images_and_leaves_temporary_hidden_and_foreign_files(cfg, caplog):
-    caplog.set_level(logging.INFO)
+def test_triage_takes_every_file_but_temporary_hidden_and_system_ones(cfg, caplog):
+    caplog.set_level(logging.DEBUG)
     triage = Triage(cfg.watch, cfg.paths.inbox, set())
     inbox = cfg.paths.inbox
     assert triage.wanted(inbox / "scan.PNG", is_dir=False)
-    for name in (".hidden.png", "scan.png.part", "~lock.png", "Thumbs.db", "notes.txt"):
+    assert triage.wanted(inbox / "notes.txt", is_dir=False)  # to be failed with a reason
+    notes = ("scan.png.error.txt", "scan.png.review.txt")  # dropped back with their file
+    for name in (".hidden.png", "scan.png.part", "~lock.png", "Thumbs.db", *notes):
         assert not triage.wanted(inbox / name, is_dir=False), name
     assert not triage.wanted(inbox / "sub" / "scan.png", is_dir=False)
     assert triage.wanted(inbox / "sub", is_dir=True)  # failed: folders are not read
     assert not triage.wanted(inbox / ".digit-inbox" / "processing" / "x.png", is_dir=False)
     assert not triage.wanted(cfg.paths.outbox / "x.png", is_dir=False)
-    triage.wanted(inbox / "notes.txt", is_dir=False)
-    assert caplog.text.count("leaving notes.txt in the inbox untouched") == 1
+    triage.wanted(inbox / "~lock.png", is_dir=False)
+    assert caplog.text.count("leaving ~lock.png in the inbox untouched") == 1
 
 
 def test_recursive_triage_reads_sub_folders_but_not_configured_folders_inside(cfg):
@@ -229,8 +231,9 @@ def test_a_rescan_finds_files_whose_events_were_missed(cfg):
     watcher = Watcher(cfg, Triage(cfg.watch, cfg.paths.inbox, set()))
     (cfg.paths.inbox / "a.png").write_bytes(b"x")
     (cfg.paths.inbox / "b.txt").write_bytes(b"x")
-    assert watcher.rescan() == 1
-    assert len(watcher.pending) == 1
+    (cfg.paths.inbox / "c.tmp").write_bytes(b"x")
+    assert watcher.rescan() == 2
+    assert len(watcher.pending) == 2
 
 
 def test_losing_the_inbox_is_a_runtime_fault(cfg):
