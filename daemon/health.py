@@ -299,8 +299,10 @@ def plural(count: int, noun: str) -> str:
 
 
 def counts_text(counts: Mapping[str, int]) -> str:
-    """Counts by status, in one order everywhere: the stop summary, `status`, `classify`."""
-    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+    """Counts by status, in one order everywhere: the stop summary, `status`, `classify`
+    (`corrected`, a person's decisions, only when there are some)."""
+    shown = [s for s in STATUSES if s != Status.CORRECTED.value or counts.get(s)]
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in shown)
 
 
 def systemd_unit() -> str | None:

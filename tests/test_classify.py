@@ -111,7 +111,7 @@ def test_committed_numbers_are_read_whole_with_the_documented_header(capsys):
         "time,file,status,digits,confidence,runner_up,runner_up_confidence,"
         "digit_confidences,note,error,width,height,sha256,model,ms,moved_to,duplicate_of"
     )
-    found = {row["file"]: row for row in parse(out)}
+    found = {Path(row["file"]).name: row for row in parse(out)}
     assert {name: row["digits"] for name, row in found.items()} == labels
     for row in found.values():
         confidences = [float(c) for c in row["digit_confidences"].split()]

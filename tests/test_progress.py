@@ -43,7 +43,7 @@ def test_the_summary_counts_each_status_and_the_skipped_files():
         bar.update(status)
     text = bar.summary(skipped=7)
     assert text.startswith("4 files in ") and " files/s): " in text
-    assert "2 ok, 1 low confidence, 1 blank, 0 errors; 7 skipped" in text
+    assert "2 ok, 1 low_confidence, 1 blank, 0 error; 7 files skipped" in text
 
 
 def test_eta_reads_as_a_clock():

@@ -34,7 +34,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def files_of(path: Path) -> Counter[str]:
-    return Counter(r["file"] for r in read_csv(path))
+    return Counter(Path(r["file"]).name for r in read_csv(path))
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ def test_resuming_a_finished_run_reads_nothing_and_changes_nothing(scans, tmp_pa
     caplog.clear()
     assert classify(scans, "-o", out, "--resume") == ExitCode.OK
     assert out.read_bytes() == before
-    assert "0 files in" in caplog.text and "12 skipped" in caplog.text
+    assert "0 files in" in caplog.text and "12 files skipped" in caplog.text
 
 
 def test_only_the_files_without_a_row_are_read(scans, tmp_path, caplog):
@@ -79,7 +79,7 @@ def test_only_the_files_without_a_row_are_read(scans, tmp_path, caplog):
     caplog.clear()
     assert classify(scans, "-o", out, "--resume") == ExitCode.OK
     assert files_of(out) == Counter(f"{i:03d}.png" for i in range(12))
-    assert "8 files in" in caplog.text and "4 skipped" in caplog.text
+    assert "8 files in" in caplog.text and "4 files skipped" in caplog.text
 
 
 def test_a_torn_last_row_is_cut_and_its_file_read_again(scans, tmp_path):
@@ -97,7 +97,7 @@ def test_a_file_changed_since_its_row_is_read_again(scans, tmp_path, caplog):
     (scans / "003.png").write_bytes(digit_png(40)[0])
     caplog.clear()
     classify(scans, "-o", out, "--resume")
-    found = [r for r in read_csv(out) if r["file"] == "003.png"]
+    found = [r for r in read_csv(out) if Path(r["file"]).name == "003.png"]
     assert [r["digits"] for r in found] == [str(digit_png(3)[1]), str(digit_png(40)[1])]
     assert "003.png changed since its row was written" in caplog.text
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from digit_inbox.daemon import config, health, report, service
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE
 from digit_inbox.daemon.rows import Row, Status
 from tests.helpers import Folders, StandIn, drop, wait_until, write_config
 
@@ -186,7 +187,8 @@ def test_a_file_in_review_has_a_note_with_the_reading_the_runner_up_and_why(run_
     assert rows["unsure.png"]["moved_to"] == "review/unsure.png"
     note = (daemon.paths.review / "unsure.png.review.txt").read_text()
     assert "Read as: 7 (confidence 0.4100); runner-up 1 (0.3200)" in note
-    assert "Why it is here: confidence under recognition.min_confidence (0.6)" in note
+    why = f"Why it is here: confidence under recognition.min_confidence ({DEFAULT_MIN_CONFIDENCE})"
+    assert why in note
     assert f"Report: reports/{rows['unsure.png']['time'][:10]}.csv" in note
     assert "claim" not in note and "sha256" not in note  # no internals
     again = (daemon.paths.review / "=again.png.review.txt").read_text()
