@@ -170,7 +170,12 @@ class Corrector(Daemon):
             self.forgotten.append(entry.claim_id)
             self.mark_finished()
             raise UsageError(f"{path}: moved away meanwhile; nothing recorded") from None
-        return self.file_claimed(entry, row)
+        filed = self.file_claimed(entry, row)
+        # The daemon's note beside a file in review/ speaks of a reading now settled.
+        note = path.with_name(path.name + filing.REVIEW_SUFFIX)
+        if path.parent.resolve() == self.paths.review.resolve():
+            note.unlink(missing_ok=True)
+        return filed
 
     def file_claimed(self, entry: Entry, row: Row) -> Row:
         work = [Work(entry, row=row)]

@@ -72,6 +72,15 @@ def test_a_correction_files_the_scan_where_the_daemon_would_and_writes_one_row(o
     assert sample.image.max() > 0.5  # the digit's ink, not an empty input
 
 
+def test_a_settled_file_leaves_no_review_note_behind(office):
+    cfg_path, folders = office
+    note = folders.review / "a.png.review.txt"
+    note.write_text("a.png needs a person to look at it.\n")
+    assert main(["correct", "--config", str(cfg_path), str(folders.review / "a.png"), "7"]) == 0
+    assert not note.exists()
+    assert (folders.outbox / "7" / "a.png").is_file()
+
+
 def test_not_a_number_goes_to_failed_with_the_reason(office):
     cfg_path, folders = office
     assert main(["correct", "-c", str(cfg_path), "b.png", "none"]) == 0
