@@ -32,12 +32,10 @@ Every choice comes from a numpy Generator seeded per file, so a set is reproduci
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import itertools
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -732,11 +730,7 @@ def read_labels(path: Path) -> list[Label]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder to write into")
-    parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=PRESETS, default="varied")
+    parser = scans.set_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--kind",
         default="mixed",
@@ -749,17 +743,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write this number instead of a random one (repeatable, file i gets the (i mod "
         "n)-th; a space starts a new line; separators . , - /- =), e.g. --text 19.272",
     )
-    parser.add_argument("--formats", help=f"comma-separated subset of {','.join(scans.FORMATS)}")
-    parser.add_argument(
-        "--data-dir", type=Path, help=f"MNIST folder (default: ${mnist.ENV_DATA_DIR})"
-    )
-    parser.add_argument("--max-side", type=int, default=1600, help="largest page side, px")
-    parser.add_argument(
-        "--every-encoding",
-        action="store_true",
-        help="cycle through every format, colour mode and EXIF rotation",
-    )
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     labels = write_set(

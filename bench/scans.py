@@ -695,8 +695,9 @@ def read_labels(path: Path) -> list[Label]:
         ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def set_parser(description: str) -> argparse.ArgumentParser:
+    """The options every generated set takes (this module's and number_scans')."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -712,7 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cycle through every format, colour mode and EXIF rotation",
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = set_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     start = time.perf_counter()
     labels = write_set(
         args.out,

@@ -7,13 +7,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, Folders, StandIn, daemon_env, write_config
+from tests.helpers import (
+    DaemonProcess,
+    Folders,
+    StandIn,
+    daemon_env,
+    threads_left,
+    write_config,
+)
 
 # --- Threads.
 
@@ -23,12 +29,7 @@ def no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves a thread running (an observer or worker not stopped and joined)."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 5
-    leaked = []
-    for thread in set(threading.enumerate()) - before:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            leaked.append(thread)
+    leaked = threads_left(before)
     assert not leaked, f"threads left running: {leaked}"
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,19 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     merged = {name: QUICK.get(name, {}) | sections.get(name, {}) for name in QUICK | sections}
     return torture.write_config(root, **merged)
 
+
+
+def threads_left(
+    before: set[threading.Thread], ignore: Callable[[threading.Thread], bool] = lambda t: False
+) -> list[threading.Thread]:
+    """Threads started since `before` still running after 5 s, each joined until then."""
+    deadline = time.monotonic() + 5
+    leaked = []
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if thread.is_alive() and not ignore(thread):
+            leaked.append(thread)
+    return leaked
 
 @dataclass(frozen=True)
 class Folders(Paths):

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from digit_inbox.daemon import cli, cluster, rows
 from digit_inbox.daemon.errors import ExitCode
-from tests.helpers import daemon_env, digit_png
+from tests.helpers import daemon_env, digit_png, threads_left
 
 distributed = pytest.importorskip("distributed")
 
@@ -56,12 +55,7 @@ def no_thread_leaks() -> Iterator[None]:
     """As conftest's, except Dask's offload thread: one per process, started on first use."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 5
-    leaked = []
-    for thread in set(threading.enumerate()) - before:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if thread.is_alive() and not thread.name.startswith("Dask-Offload"):
-            leaked.append(thread)
+    leaked = threads_left(before, ignore=lambda t: t.name.startswith("Dask-Offload"))
     assert not leaked, f"threads left running: {leaked}"
 
 
