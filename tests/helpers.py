@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import os
 import signal
@@ -253,3 +254,39 @@ class StandIn:
 
     def times_of(self, line: str, since: float = 0.0) -> list[float]:
         return [t for t, message in self.messages if line in message and t >= since]
+
+
+def unsure_in_review(
+    tmp_path: Path, files: list[tuple[str, int]], confidence: float
+) -> tuple[Path, Folders]:
+    """A config whose review/ holds scans (name, MNIST test index) the daemon read as 1 with
+    `confidence` (runner-up 7), each with its row in a report."""
+    from datetime import date
+
+    from digit_inbox.daemon import config, report
+    from digit_inbox.daemon.rows import Row, Status
+
+    cfg_path = write_config(tmp_path)
+    folders = Folders.under(tmp_path)
+    config.make_folders(config.load(cfg_path))
+    rows = []
+    for name, index in files:
+        data, _ = digit_png(index)
+        drop(folders.review, name, data)
+        rows.append(
+            Row(
+                file=name,
+                status=Status.LOW_CONFIDENCE,
+                time="2026-01-01T00:00:00.000+00:00",
+                digits="1",
+                confidence=confidence,
+                runner_up="7",
+                runner_up_confidence=0.3,
+                sha256=hashlib.sha256(data).hexdigest(),
+                model="digits-v1",
+                moved_to=f"review/{name}",
+            )
+        )
+    with report.Report(report.path_for(folders.reports, date(2026, 1, 1))) as r:
+        r.append(report.encode_line(row) for row in rows)
+    return cfg_path, folders

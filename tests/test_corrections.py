@@ -14,8 +14,8 @@ import pytest
 from digit_inbox.daemon import config, corrections, filing, report, service
 from digit_inbox.daemon.cli import main
 from digit_inbox.daemon.errors import UsageError
-from digit_inbox.daemon.rows import Row, Status
-from tests.helpers import Folders, digit_png, drop, write_config
+from digit_inbox.daemon.rows import Status
+from tests.helpers import Folders, digit_png, drop, unsure_in_review, write_config
 
 
 class Crash(BaseException):
@@ -25,30 +25,7 @@ class Crash(BaseException):
 @pytest.fixture
 def office(tmp_path: Path) -> tuple[Path, Folders]:
     """A config whose review/ holds two scans the daemon was unsure of, with their rows."""
-    cfg_path = write_config(tmp_path)
-    folders = Folders.under(tmp_path)
-    config.make_folders(config.load(cfg_path))
-    rows = []
-    for name, index in (("a.png", 0), ("b.png", 1)):
-        data, _ = digit_png(index)
-        drop(folders.review, name, data)
-        rows.append(
-            Row(
-                file=name,
-                status=Status.LOW_CONFIDENCE,
-                time="2026-01-01T00:00:00.000+00:00",
-                digits="1",
-                confidence=0.55,
-                sha256=corrections.sha256_of(folders.review / name),
-                model="digits-v1",
-                moved_to=f"review/{name}",
-            )
-        )
-    with report.Report(
-        report.path_for(folders.reports, __import__("datetime").date(2026, 1, 1))
-    ) as r:
-        r.append(report.encode_line(row) for row in rows)
-    return cfg_path, folders
+    return unsure_in_review(tmp_path, [("a.png", 0), ("b.png", 1)], confidence=0.55)
 
 
 def corrected_rows(folders: Folders) -> list[dict[str, str]]:

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ import pytest
 pytest.importorskip("starlette", reason="the review page needs the [review] extra")
 from starlette.testclient import TestClient
 
-from digit_inbox.daemon import config, report, review
-from digit_inbox.daemon.rows import Row, Status
-from tests.helpers import Folders, digit_png, drop, wait_until, write_config
+from digit_inbox.daemon import config, review
+from tests.helpers import Folders, digit_png, unsure_in_review, wait_until, write_config
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"  # a file name cannot hold "/"
 CHROMIUM = "/usr/bin/chromium"
@@ -26,30 +24,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 def fill_review(tmp_path: Path, count: int = 3) -> tuple[Path, Folders]:
     """review/ with `count` scans the model was unsure of (read as 1), and their rows."""
-    cfg_path = write_config(tmp_path)
-    folders = Folders.under(tmp_path)
-    config.make_folders(config.load(cfg_path))
-    rows = []
-    for i in range(count):
-        name = f"s{i}.png" if i else HOSTILE
-        data, _ = digit_png(30 + i)
-        drop(folders.review, name, data)
-        rows.append(
-            Row(
-                file=name,
-                status=Status.LOW_CONFIDENCE,
-                time="2026-01-01T00:00:00.000+00:00",
-                digits="1",
-                confidence=0.41,
-                runner_up="7",
-                runner_up_confidence=0.3,
-                model="digits-v1",
-                moved_to=f"review/{name}",
-            )
-        )
-    with report.Report(report.path_for(folders.reports, date(2026, 1, 1))) as r:
-        r.append(report.encode_line(row) for row in rows)
-    return cfg_path, folders
+    files = [(f"s{i}.png" if i else HOSTILE, 30 + i) for i in range(count)]
+    return unsure_in_review(tmp_path, files, confidence=0.41)
 
 
 @pytest.fixture

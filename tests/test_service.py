@@ -79,10 +79,10 @@ def rows_of(tmp_path: Path, count: int) -> list[dict[str, str]]:
     return wait_until(enough, 20, f"{count} rows")  # type: ignore[no-any-return]
 
 
-def test_a_full_disk_is_waited_out_and_the_file_stays_claimed_meanwhile(
-    run_daemon, tmp_path, monkeypatch
-):
-    failures = {"left": 2}
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch, appends: int) -> dict[str, int]:
+    """The report's next `appends` appends fail as on a full disk; later ones go through.
+    Returns the count of failures still to come."""
+    failures = {"left": appends}
     real_append = report.Report.append
 
     def append(self: report.Report, lines: object) -> None:
@@ -92,6 +92,13 @@ def test_a_full_disk_is_waited_out_and_the_file_stays_claimed_meanwhile(
         real_append(self, lines)  # type: ignore[arg-type]
 
     monkeypatch.setattr(report.Report, "append", append)
+    return failures
+
+
+def test_a_full_disk_is_waited_out_and_the_file_stays_claimed_meanwhile(
+    run_daemon, tmp_path, monkeypatch
+):
+    failures = fill_the_disk(monkeypatch, appends=2)
     daemon, _ = run_daemon()
     drop(daemon.paths.inbox, "a.png", b"digit:4")
     wait_until(lambda: failures["left"] == 1, 10, "the first failure")
@@ -290,16 +297,7 @@ def test_a_full_disk_while_finishing_the_previous_run_is_waited_out_under_system
     tag = service.Daemon(cfg, FakeReader).tag
     config.make_folders(cfg)
     (cfg.paths.processing / f"host.1.{tag}.00000001_left.png").write_bytes(b"digit:2")
-    failures = {"left": 1}
-    real_append = report.Report.append
-
-    def append(self: report.Report, lines: object) -> None:
-        if failures["left"]:
-            failures["left"] -= 1
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_append(self, lines)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(report.Report, "append", append)
+    fill_the_disk(monkeypatch, appends=1)
     try:
         run_daemon()
         receiver.wait_for("READY=1", 20)
