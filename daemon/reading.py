@@ -19,11 +19,12 @@ import numpy as np
 from digit_inbox.daemon.rows import Row, Status
 
 # Measured on 4,000 single digits and 191 touching pairs (bench/scans.py pages): a margin of
-# 0.07 keeps wide single digits read whole (one more misread in 4,000); a cut reading at 0.95
-# or better while the whole mark won sends 0.5 % of single digits to review and two thirds of
-# the touching pairs misread as one digit.
+# 0.07 keeps wide single digits read whole (one more misread in 4,000). With the calibrated
+# model a cut reading at 0.999 or better while the whole mark won sends a page to review:
+# 2.9 % of clean and 3.9 % of varied single digits (0.95 sent 6.2 % and 7.1 %, for two points
+# fewer touching pairs filed wrong; bench_scans.py and bench_numbers.py, seed 2024).
 SPLIT_MARGIN = 0.07
-TOUCHING_DOUBT = 0.95
+TOUCHING_DOUBT = 0.999
 
 
 @dataclass
