@@ -752,19 +752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preset,
         kinds=args.kind.split(","),
         texts=args.text,
-        formats=args.formats.split(",") if args.formats else None,
-        max_side=args.max_side,
-        every_encoding=args.every_encoding,
-        data_dir=args.data_dir,
-        workers=args.workers,
+        **scans.set_options(args),
     )
-    seconds = time.perf_counter() - start
-    total = sum((args.out / label.file).stat().st_size for label in labels)
-    print(
-        f"wrote {len(labels)} {args.preset} number scans ({total / 1e6:.1f} MB) and labels.csv "
-        f"to {args.out} in {seconds:.1f} s",
-        file=sys.stderr,
-    )
+    scans.say_written(args, [label.file for label in labels], "number scans", start)
     return 0
 
 

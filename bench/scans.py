@@ -716,27 +716,31 @@ def set_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def set_options(args: argparse.Namespace) -> dict[str, Any]:
+    """write_set's keyword arguments from set_parser's options."""
+    return {
+        "formats": args.formats.split(",") if args.formats else None,
+        "max_side": args.max_side,
+        "every_encoding": args.every_encoding,
+        "data_dir": args.data_dir,
+        "workers": args.workers,
+    }
+
+
+def say_written(args: argparse.Namespace, files: Sequence[str], what: str, start: float) -> None:
+    total = sum((args.out / name).stat().st_size for name in files)
+    print(
+        f"wrote {len(files)} {args.preset} {what} ({total / 1e6:.1f} MB) and labels.csv "
+        f"to {args.out} in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = set_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     start = time.perf_counter()
-    labels = write_set(
-        args.out,
-        args.count,
-        args.seed,
-        args.preset,
-        formats=args.formats.split(",") if args.formats else None,
-        max_side=args.max_side,
-        every_encoding=args.every_encoding,
-        data_dir=args.data_dir,
-        workers=args.workers,
-    )
-    seconds = time.perf_counter() - start
-    total = sum((args.out / label.file).stat().st_size for label in labels)
-    print(
-        f"wrote {len(labels)} {args.preset} scans ({total / 1e6:.1f} MB) and labels.csv "
-        f"to {args.out} in {seconds:.1f} s",
-        file=sys.stderr,
-    )
+    labels = write_set(args.out, args.count, args.seed, args.preset, **set_options(args))
+    say_written(args, [label.file for label in labels], "scans", start)
     return 0
 
 
