@@ -31,13 +31,9 @@ import csv
 import functools
 import io
 import json
-import os
-import platform
 import re
-import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -341,21 +337,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="files per target set (4 digits, touching pairs)")  # fmt: skip
     parser.add_argument("--peer-count", type=int, default=100,
                         help="files of each set also read by tesseract (0: none)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
         "--sets", help="comma-separated subset of: " + ", ".join(n for n, *_ in SETS)
     )
-    parser.add_argument("--model", type=Path, help="ONNX model (default: the embedded one)")
-    parser.add_argument("--workers", type=int, help="passed to classify --workers")
-    parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1,
-                        help="processes for generating sets and running tesseract")  # fmt: skip
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "digit-inbox-bench",
-        help="where generated sets are cached",
-    )
-    parser.add_argument("--out", type=Path, help="also write bench_numbers.md and .json here")
+    bench_scans.add_run_options(parser, DEFAULT_SEED, "bench_numbers")
     return parser.parse_args(argv)
 
 
@@ -363,21 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [s for s in SETS if not args.sets or s[0] in args.sets.split(",")]
     mnist.resolve_data_dir(None)  # fail now, not after generating, when MNIST is not set up
-    command = shlex.join(
-        ["python", "bench/bench_numbers.py", *(sys.argv[1:] if argv is None else argv)]
-    )
     results: dict[str, Any] = {
-        "meta": {
-            "command": command,
-            "seed": args.seed,
-            "model_id": bench_scans.model_id(args.model),
-            "cpus": os.cpu_count(),
-            "gen_workers": args.gen_workers,
-            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "commit": bench_scans.git_commit(),
-        },
+        "meta": bench_scans.run_meta("bench/bench_numbers.py", argv, args),
         "sets": {},
     }
     for name, preset, kind in chosen:

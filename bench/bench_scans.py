@@ -641,6 +641,38 @@ def model_id(model: Path | None) -> str:
     return Classifier(model).model_id
 
 
+def run_meta(script: str, argv: Sequence[str] | None, args: argparse.Namespace) -> dict[str, Any]:
+    """What a report prints above its figures so that they can be reproduced."""
+    shown = sys.argv[1:] if argv is None else list(argv)
+    return {
+        "command": shlex.join(["python", script, *shown]),
+        "seed": args.seed,
+        "model_id": model_id(args.model),
+        "cpus": os.cpu_count(),
+        "gen_workers": args.gen_workers,
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": git_commit(),
+    }
+
+
+def add_run_options(parser: argparse.ArgumentParser, seed: int, report: str) -> None:
+    """The options every accuracy bench takes: the sets, the reader, where results go."""
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the embedded one)")
+    parser.add_argument("--workers", type=int, help="passed to classify --workers")
+    parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for generating sets and running tesseract")  # fmt: skip
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "digit-inbox-bench",
+        help="where generated sets are cached",
+    )
+    parser.add_argument("--out", type=Path, help=f"also write {report}.md and .json here")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="scans per preset for accuracy")
@@ -650,20 +682,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-count", type=int, default=500, help="tesseract files per preset")
     parser.add_argument("--tesseract-psm", type=int, default=10,
                         help="page segmentation mode (10: single character)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--model", type=Path, help="ONNX model (default: the embedded one)")
-    parser.add_argument("--workers", type=int, help="passed to classify --workers")
-    parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1,
-                        help="processes for generating sets and running tesseract")  # fmt: skip
     parser.add_argument("--only", default="accuracy,crops,throughput,peers",
                         help="comma-separated subset of accuracy,crops,throughput,peers")  # fmt: skip  # noqa: E501
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "digit-inbox-bench",
-        help="where generated sets are cached",
-    )
-    parser.add_argument("--out", type=Path, help="also write bench_scans.md and .json here")
+    add_run_options(parser, DEFAULT_SEED, "bench_scans")
     return parser.parse_args(argv)
 
 
@@ -671,20 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     only = set(args.only.split(","))
     mnist.resolve_data_dir(None)  # fail now, not after generating, when MNIST is not set up
-    command = shlex.join(
-        ["python", "bench/bench_scans.py", *(sys.argv[1:] if argv is None else argv)]
-    )
     results: dict = {
-        "meta": {
-            "command": command,
-            "seed": args.seed,
-            "model_id": model_id(args.model),
-            "cpus": os.cpu_count(),
-            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "commit": git_commit(),
-        },
+        "meta": run_meta("bench/bench_scans.py", argv, args),
         "accuracy": {},
         "crops": {},
         "peers": {},
