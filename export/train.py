@@ -301,10 +301,10 @@ def train(
     log.info("final  val_acc %.4f  test_acc %.4f (test measured once, for the report)",
              val_acc, test_acc)  # fmt: skip
     # Confidence should be the probability of being right: one temperature, fitted on validation.
-    val_logits = logits_of(model, x_val).numpy()
-    temperature = calibration.fit_temperature(val_logits, y_val.numpy())
+    val_logits, val_labels = logits_of(model, x_val).cpu().numpy(), y_val.cpu().numpy()
+    temperature = calibration.fit_temperature(val_logits, val_labels)
     val_ece = calibration.expected_calibration_error(
-        calibration.softmax(val_logits / temperature), y_val.numpy()
+        calibration.softmax(val_logits / temperature), val_labels
     )
     log.info("temperature %.3f  validation ECE %.4f", temperature, val_ece)
     result = {
