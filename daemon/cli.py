@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--max-pixels",
         type=int,
-        default=40_000_000,
+        default=40_000_000,  # decode.DEFAULT_MAX_PIXELS; --help does not import the decoder
         help="refuse larger images as decompression bombs (default 40e6)",
     )
     classify.add_argument(
@@ -340,7 +340,7 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=(args.log_level or "INFO").upper(),
+        level=args.log_level or "INFO",
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
