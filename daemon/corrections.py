@@ -150,7 +150,8 @@ class Corrector(Daemon):
     def decide_and_file(self, path: Path, digits: str, previous: Row | None) -> Row:
         from digit_inbox.daemon.recognize import prepare_file
 
-        prepared = prepare_file(path, self.cfg.recognition.max_pixels)
+        recognition = self.cfg.recognition
+        prepared = prepare_file(path, recognition.max_pixels, max_pages=recognition.max_pages)
         sha256 = prepared.sha256 or sha256_of(path)
         row = decision_row(previous, path.name, sha256, digits)
         # The model learns from pages read as one plain mark; other decisions are recorded too.
@@ -214,10 +215,7 @@ class Corrector(Daemon):
             self.recover()
             self.undoing = True
             path, previous = self.locate(moved_to, report_rows(self.paths.reports))
-            from digit_inbox.daemon.recognize import prepare_file
-
-            prepared = prepare_file(path, self.cfg.recognition.max_pixels)
-            row = decision_row(previous, path.name, prepared.sha256 or sha256_of(path), "")
+            row = decision_row(previous, path.name, sha256_of(path), "")
             row.note, row.error = f"{UNDO_NOTE} (was {previous.digits if previous else '?'})", ""
             return self.file_decision(path, row, previous, None)
         finally:
@@ -356,10 +354,11 @@ def decision_row(previous: Row | None, name: str, sha256: str, digits: str) -> R
     )
 
 
-def report_rows(reports: Path) -> list[Row]:
-    """Every row of every daily report, oldest first."""
+def report_rows(reports: Path, pattern: str = "*.csv") -> list[Row]:
+    """Every row of the daily reports matching `pattern` (all of them by default), oldest
+    first."""
     found: list[Row] = []
-    for path in sorted(reports.glob("*.csv")):
+    for path in sorted(reports.glob(pattern)):
         with open(path, newline="", encoding=report.ENCODING, errors="replace") as f:
             for cells in csv.DictReader(f):
                 found.append(parse_row(cells))
@@ -378,7 +377,7 @@ def parse_row(cells: dict[str, str]) -> Row:
     except ValueError:
         status = Status.ERROR
     return Row(
-        file=unneutralise(cells.get("file", "")),
+        file=rows.unneutralise(cells.get("file", "")),
         status=status,
         time=cells.get("time", ""),
         digits=cells.get("digits", "") or cells.get("digit", ""),
@@ -386,17 +385,10 @@ def parse_row(cells: dict[str, str]) -> Row:
         note=cells.get("note", ""),
         sha256=cells.get("sha256", ""),
         model=cells.get("model", ""),
-        moved_to=unneutralise(cells.get("moved_to", "")),
+        moved_to=rows.unneutralise(cells.get("moved_to", "")),
         runner_up=cells.get("runner_up", ""),
         runner_up_confidence=number(cells.get("runner_up_confidence")),
     )
-
-
-def unneutralise(cell: str) -> str:
-    """A cell as written before `rows.neutralise` quoted it."""
-    if cell.startswith("'") and cell[1:].startswith(rows.FORMULA_PREFIXES):
-        return cell[1:]
-    return cell
 
 
 def last(rows: Iterator[Row] | list[Row]) -> Row | None:
@@ -407,11 +399,8 @@ def last(rows: Iterator[Row] | list[Row]) -> Row | None:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main(config_path: Path, file: str, digits_text: str) -> int:

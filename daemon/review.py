@@ -27,8 +27,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from digit_inbox.daemon import config, filing
-from digit_inbox.daemon.corrections import Corrector, contained, parse_digits, report_rows
+from digit_inbox.daemon import config, filing, report
+from digit_inbox.daemon.corrections import (
+    UNDO_NOTE,
+    Corrector,
+    contained,
+    parse_digits,
+    report_rows,
+)
 from digit_inbox.daemon.errors import DigitInboxError, UsageError
 from digit_inbox.daemon.rows import Row, Status
 
@@ -114,24 +120,25 @@ class Review:
 
     def history(self) -> list[Row]:
         """Today's decisions, newest first."""
-        today = datetime.now().astimezone().date().isoformat()
+        today = datetime.now().astimezone().date()
+        reports = self.cfg.paths.reports
+        # A decision's row is in the report of its own day: today's file alone.
         rows = [
             r
-            for r in report_rows(self.cfg.paths.reports)
-            if r.status is Status.CORRECTED and r.time.startswith(today)
+            for r in report_rows(reports, report.path_for(reports, today).name)
+            if r.status is Status.CORRECTED and r.time.startswith(today.isoformat())
         ]
         return rows[::-1]
 
     def undo(self) -> Row:
         """Take back today's last decision that was not itself an undo."""
-        from digit_inbox.daemon.corrections import UNDO_NOTE
-
-        for row in self.history():
-            if row.note.startswith(UNDO_NOTE):
-                raise UsageError("the last decision was an undo; decide the file again instead")
-            with Corrector(self.cfg) as corrector:
-                return corrector.undo(str(self.cfg.paths.data_root / row.moved_to))
-        raise UsageError("no decision today to undo")
+        decisions = self.history()
+        if not decisions:
+            raise UsageError("no decision today to undo")
+        if decisions[0].note.startswith(UNDO_NOTE):
+            raise UsageError("the last decision was an undo; decide the file again instead")
+        with Corrector(self.cfg) as corrector:
+            return corrector.undo(str(self.cfg.paths.data_root / decisions[0].moved_to))
 
     def image(self, name: str) -> bytes:
         """The file as PNG (any format the daemon reads), never its stored bytes."""
@@ -139,7 +146,8 @@ class Review:
 
         from digit_inbox.daemon import decode
 
-        decoded = decode.decode(self.path(name), self.cfg.recognition.max_pixels)
+        recognition = self.cfg.recognition
+        decoded = decode.decode(self.path(name), recognition.max_pixels, recognition.max_pages)
         image = decoded.image if isinstance(decoded.image, Image.Image) else None
         if image is None:
             image = Image.fromarray(decoded.image)
