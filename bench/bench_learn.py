@@ -16,8 +16,6 @@ and MNIST test accuracy.
 from __future__ import annotations
 
 import argparse
-import gzip
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,20 +24,10 @@ import numpy as np
 
 from digit_inbox.daemon import learn, preprocess
 from digit_inbox.daemon.classifier import embedded_model
-from digit_inbox.export import mnist
+from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE as MIN_CONFIDENCE  # to review
+from digit_inbox.export import calibration, mnist, usps
 
 COUNTS = (0, 50, 100, 200, 500)
-MIN_CONFIDENCE = 0.6  # the daemon's default: below it a scan goes to review
-
-
-def load_usps(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Pages (dark ink on white, uint8, 16x16 scaled x4) and labels, in file order."""
-    with gzip.open(path, "rt") as f:
-        values = np.loadtxt(f, dtype=np.float32)
-    labels = values[:, 0].astype(np.int64)
-    ink = (values[:, 1:].reshape(-1, 16, 16) + 1) / 2
-    pages = (255 * (1 - ink.clip(0, 1))).astype(np.uint8)
-    return pages, labels
 
 
 def model_inputs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,11 +43,6 @@ def model_inputs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images).astype(np.float32), np.array(found)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    p = np.exp(z - z.max(1, keepdims=True))
-    return p / p.sum(1, keepdims=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first", type=float, default=0.6, help="share of USPS corrected")
@@ -67,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spot-check", type=float, default=0.05)
     parser.add_argument("--cache", type=Path, help="keep the preprocessed USPS inputs here")
     args = parser.parse_args(argv)
-    source = os.environ.get("DIGIT_INBOX_USPS")
-    if not source or not Path(source).exists():
-        print("DIGIT_INBOX_USPS is not set to USPS's zip.train.gz; nothing to measure")
-        return 2
     start = time.perf_counter()
-    pages, labels = load_usps(Path(source))
+    source = usps.resolve_path(None)
+    if source is None:
+        print(f"{usps.ENV_USPS} is not set to USPS's zip.train.gz; nothing to measure")
+        return 2
+    digits = usps.load(source)
+    pages, labels = 255 - digits.images, digits.labels.astype(np.int64)  # dark ink on white
     if args.cache is not None and args.cache.exists():
         cached = np.load(args.cache)
         images, found = cached["images"], cached["found"]
@@ -88,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     surgery = learn.Surgery(args.model or embedded_model())
-    session = surgery.feature_session()
+    session = surgery.feature_session
     x = learn.features(session, images)
     data_dir = mnist.resolve_data_dir(None)
     base = surgery.head
-    probs = softmax(base.logits(x[:cut]))
+    probs = calibration.softmax(base.logits(x[:cut]))
     reviewed = probs.max(1) < MIN_CONFIDENCE
     rng = np.random.default_rng(0)
     spot = rng.random(cut) < args.spot_check
@@ -114,22 +98,20 @@ def main(argv: list[str] | None = None) -> int:
             done = len(chosen) < n  # every correction the first part offers: the last line
             row = f"{n:>11}  {'yes' if spot_checks else 'no':>10}  {len(chosen):>4}"
             if not n:
-                p = softmax(base.logits(unseen_x))
+                p = calibration.softmax(base.logits(unseen_x))
                 print(
                     f"{row}     -  {100 * (p.argmax(1) == unseen_y).mean():>8.2f} %  "
                     f"{before_errors:>6}  {100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %"
                 )
                 continue
-            hold = np.array([learn.held_out(f"usps-{i}") for i in chosen])
-            if not hold.any() or hold.all():
-                hold = np.arange(len(chosen)) % 5 == 0
+            hold = learn.hold_mask([f"usps-{i}" for i in chosen])
             head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
             candidate_errors = int((head.logits(unseen_x).argmax(1) != unseen_y).sum())
             candidate_acc = 1 - candidate_errors / len(unseen_y)
             mnist_acc = outcome.after_mnist
             if not outcome.passes:
                 head, mnist_acc = base, outcome.before_mnist
-            p = softmax(head.logits(unseen_x))
+            p = calibration.softmax(head.logits(unseen_x))
             errors = int((p.argmax(1) != unseen_y).sum())
             print(
                 f"{row}  {'pass' if outcome.passes else 'fail':>4}  "

@@ -14,6 +14,7 @@ set. Needs the `onnx` package (`pip install 'digit-inbox[learn]'`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -112,8 +113,10 @@ class Surgery:
                 return float(numpy_helper.to_array(self.initializers[node.input[1]]))
         return 1.0
 
+    @functools.cached_property
     def feature_session(self) -> Any:
-        """An onnxruntime session whose outputs are the features and the probabilities."""
+        """An onnxruntime session whose outputs are the features and the probabilities (built
+        once per model: a benchmark adapts one model many times)."""
         import onnx
         import onnxruntime as ort
 
@@ -133,7 +136,7 @@ class Surgery:
 
         key = (mnist_dir, replay)
         if key not in self.cache:
-            session = self.feature_session()
+            session = self.feature_session
             train = mnist.load_split(mnist_dir, "train")
             test = mnist.load_split(mnist_dir, "test")
             count = min(replay, len(train.images))
@@ -235,6 +238,15 @@ def held_out(sha256: str) -> bool:
     return int(hashlib.sha256(sha256.encode()).hexdigest()[:8], 16) / 2**32 < HOLD_OUT
 
 
+def hold_mask(keys: list[str]) -> np.ndarray:
+    """Which decisions are held out (by `held_out`), or every fifth when that holds out none
+    or all of a few."""
+    hold = np.array([held_out(k) for k in keys], dtype=bool)
+    if not hold.any() or hold.all():
+        hold = np.arange(len(keys)) % 5 == 0
+    return hold
+
+
 @dataclass
 class Outcome:
     before_held: float
@@ -269,7 +281,7 @@ def adapt(
 ) -> tuple[Head, Outcome]:
     """Fit a new head on the decisions not held out (with MNIST replay); judge it."""
 
-    session = surgery.feature_session()
+    session = surgery.feature_session
     x = features(session, images)
     replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
     start = surgery.head
@@ -335,9 +347,7 @@ def main(config_path: Path, output: Path, promote: bool, data_dir: str | None) -
             f"{len(labels)} single-digit decision(s) recorded; learning needs at least "
             f"{MIN_DECISIONS} (record them with `digit-inbox correct` or the review page)"
         )
-    hold = np.array([held_out(h) for h in hashes])
-    if not hold.any() or hold.all():
-        hold = np.arange(len(labels)) % 5 == 0
+    hold = hold_mask(hashes)
     current = model_path(cfg.recognition)
     surgery = Surgery(current)
     head, outcome = adapt(surgery, images, labels, hold, mnist.resolve_data_dir(data_dir))

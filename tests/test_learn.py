@@ -64,7 +64,7 @@ def test_the_last_gemm_is_found_by_its_place_and_what_follows_it_is_kept(tmp_pat
 def test_the_shipped_models_features_give_its_own_probabilities():
     surgery = learn.Surgery(embedded_model())
     images, _ = mnist_test_digits()
-    x = learn.features(surgery.feature_session(), images[:64] / 255.0)
+    x = learn.features(surgery.feature_session, images[:64] / 255.0)
     probs = Classifier().predict(images[:64] / 255.0)
     z = surgery.head.logits(x)
     mine = np.exp(z - z.max(1, keepdims=True))
