@@ -100,6 +100,28 @@ class Decoded:
         return np.asarray(self.image)
 
 
+def read_head(path: Path, size: int = 1024) -> bytes:
+    """The first bytes of a regular file; b"" for anything else (never blocks on a pipe)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, size) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def is_pdf(head: bytes) -> bool:
+    return b"%PDF-" in head[:1024]  # the header may follow a little junk, as readers allow
+
+
+def is_heif(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
 def read_bytes(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """The file's bytes, refusing what is not a regular file or is too big to be a scan.
 
@@ -167,12 +189,12 @@ def decode_file_bytes(
     if not data:
         raise DecodeError("empty file (0 bytes)")
     sha256 = hashlib.sha256(data).hexdigest()
-    if b"%PDF-" in data[:1024]:  # the header may follow a little junk, as readers allow
+    if is_pdf(data):
         page, notes = render_pdf(data, max_pixels, max_pages)
         notes[:0] = name_mismatch("PDF", suffix)
         return Decoded(page, page.width, page.height, sha256, "PDF", "; ".join(notes))
     formats: tuple[str, ...] = FORMATS
-    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+    if is_heif(data):
         enable_heif()
         formats = ("HEIF",)
     # Pillow's limit follows ours, so a larger --max-pixels is honoured. It must stay on while
@@ -463,7 +485,7 @@ def sniff(data: bytes) -> str:
         return "not an image (XML or SVG; export it as PNG)"
     if head.startswith(b"PK\x03\x04"):
         return "not an image (a ZIP archive or Office document)"
-    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+    if is_heif(head):
         return "corrupt HEIC/HEIF image (libheif cannot read it)"
     if head[4:12] in (b"ftypavif", b"ftypavis"):
         return "AVIF image, not supported; save it as JPEG or PNG"

@@ -43,7 +43,6 @@ FILES_PER_TASK = 4  # fewer round trips to the workers, still fine-grained enoug
 # Images per onnxruntime call, at most: large enough to cost ~0.1 ms an image, small enough
 # that the model reads the first files of a batch while the workers still decode the rest.
 INFERENCE_BATCH = 16
-DOCUMENTS = (".pdf", ".heic", ".heif")  # see is_document
 
 
 @dataclass
@@ -171,11 +170,12 @@ def unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def is_document(name: str) -> bool:
-    """Whether `name` is a PDF or HEIC, whose parsers (PDFium, libheif) are large C/C++
-    libraries: such files are always read in a worker process, so a crash in one costs a
-    worker and an error row, never the daemon."""
-    return Path(name).suffix.lower() in DOCUMENTS
+def is_document(path: Path) -> bool:
+    """Whether the file holds a PDF or HEIC, whatever its name (decoding goes by content),
+    whose parsers (PDFium, libheif) are large C/C++ libraries: such files are always read in a
+    worker process, so a crash in one costs a worker and an error row, never the daemon."""
+    head = decode.read_head(path)
+    return decode.is_pdf(head) or decode.is_heif(head)
 
 
 def new_pool(workers: int) -> ProcessPoolExecutor:
@@ -278,11 +278,11 @@ class Reader:
 
     def _prepare_all(self, items: Iterable[tuple[Path, str]]) -> Iterator[tuple[str, Prepared]]:
         few = isinstance(items, Sequence) and len(items) < 2 * FILES_PER_TASK
-        isolate = isinstance(items, Sequence) and any(is_document(name) for _, name in items)
         # A pool costs ~1 s to start: one worker or a few files are read here, unless a PDF or
-        # HEIC is among them (workers=0 reads everything here).
+        # HEIC is among them (workers=0 reads everything here). Heads are read only then.
         if self.workers == 0 or (
-            (self.workers == 1 or (few and self._pool is None)) and not isolate
+            (self.workers == 1 or (few and self._pool is None))
+            and not (isinstance(items, Sequence) and any(is_document(p) for p, _ in items))
         ):
             for path, name in items:
                 yield name, prepare_file(*self._job(path, name))

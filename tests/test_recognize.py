@@ -201,6 +201,16 @@ def test_a_single_pdf_is_read_in_a_worker_process_even_with_one_worker(tmp_path)
         assert reader._pool is not None and row.status is not Status.ERROR
 
 
+def test_a_pdf_named_like_an_image_is_read_in_a_worker_process_too(tmp_path):
+    pytest.importorskip("pypdfium2", reason="the [pdf] extra is not installed")
+    (png, _, _), *_ = write_digits(tmp_path, 1)
+    Image.open(png).save(tmp_path / "scan.pdf")
+    (tmp_path / "scan.pdf").rename(tmp_path / "misnamed.png")
+    with recognize.Reader(workers=1) as reader:
+        [row] = reader.read([(tmp_path / "misnamed.png", "misnamed.png")])
+        assert reader._pool is not None and row.status is not Status.ERROR
+
+
 def test_prepare_file_returns_a_small_picklable_result(tmp_path):
     (path, _, _), *_ = write_digits(tmp_path, 1)
     prepared = recognize.prepare_file(path)
