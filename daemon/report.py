@@ -71,7 +71,8 @@ class Report:
     On open a torn last line is cut, so `size` is where the next line will start.
     """
 
-    def __init__(self, path: Path, *, bom: bool = False) -> None:
+    def __init__(self, path: Path, *, bom: bool = False, wait: bool = True) -> None:
+        """`wait=False` raises BlockingIOError at once when another writer holds the lock."""
         self.path = path
         self.bom = bom
         created = not path.exists()
@@ -82,7 +83,7 @@ class Report:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(path, flags, 0o666)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             if created:
                 fsync_dir(path.parent)
             self.size = self._cut_torn_line()

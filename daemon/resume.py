@@ -17,11 +17,9 @@ read again on resume) and never leaves half a row behind.
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,30 +47,17 @@ def sha256_of(path: Path) -> str:
         return ""
 
 
-def refuse_if_in_use(path: Path) -> None:
-    """Fail at once, rather than wait on the lock, when another run is appending to `path`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return  # not there yet (or unreadable: Report says why)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError(
-            f"{path} is being appended to by another run; wait for it to end or give another "
-            "--output"
-        ) from None
-    finally:
-        os.close(fd)  # also releases the lock, for Report to take
-
-
 class Appender:
     """FILE opened for resuming: what it already holds, and durable appends of new rows."""
 
     def __init__(self, path: Path) -> None:
-        refuse_if_in_use(path)
         try:
-            self.report = report.Report(path)
+            self.report = report.Report(path, wait=False)  # fail at once, rather than wait
+        except BlockingIOError:
+            raise UsageError(
+                f"{path} is being appended to by another run; wait for it to end or give "
+                "another --output"
+            ) from None
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         try:
