@@ -50,6 +50,8 @@ except ImportError:  # run as a script: bench/ itself is on sys.path, the repo r
     import bench_scans  # type: ignore[no-redef]
     import number_scans  # type: ignore[no-redef]
 
+pct, rate, table, log = bench_scans.pct, bench_scans.rate, bench_scans.table, bench_scans.log
+
 DEFAULT_SEED = 2024  # the committed samples use seed 1; these sets must differ from them
 OK = "ok"
 REVIEW = "low_confidence"
@@ -152,19 +154,8 @@ def tally(
     return dict(groups)
 
 
-def statuses(readings: Mapping[str, Reading]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for reading in readings.values():
-        counts[reading.status] += 1
-    return dict(counts)
-
-
 # ---------------------------------------------------------------------------------------------
 # Sets, the pipeline and the peer
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def cached_set(
@@ -220,7 +211,7 @@ def bench_set(
     groups = tally(labels, readings)
     entry.update(
         groups.pop("all").figures(),
-        statuses=statuses(readings),
+        statuses=bench_scans.statuses_from_csv(text),
         images_per_s=len(labels) / seconds,
     )
     if kind == "mixed":
@@ -243,7 +234,6 @@ def bench_set(
 # Report
 
 
-pct, rate, table = bench_scans.pct, bench_scans.rate, bench_scans.table
 
 
 def figures_row(label: str, e: Mapping[str, Any]) -> list[object]:

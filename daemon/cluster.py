@@ -142,8 +142,12 @@ def read(
         chunk_of[future] = chunk
         running.add(future)
 
-    while chunks and len(chunk_of) < TASKS_PER_THREAD * threads:
-        submit(chunks.popleft())
+    def keep_busy() -> None:
+        """A few tasks per worker thread in flight: no idle worker, no huge queue."""
+        while chunks and len(chunk_of) < TASKS_PER_THREAD * threads:
+            submit(chunks.popleft())
+
+    keep_busy()
     for future in running:
         chunk = chunk_of.pop(future)
         try:
@@ -158,5 +162,4 @@ def read(
         finally:
             future.release()
         yield from rows
-        while chunks and len(chunk_of) < TASKS_PER_THREAD * threads:
-            submit(chunks.popleft())
+        keep_busy()
