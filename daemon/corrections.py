@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_inbox.daemon import config, filing, report, rows
+from digit_inbox.daemon import config, filing, preprocess, report, rows
 from digit_inbox.daemon.errors import ExitCode, UsageError
 from digit_inbox.daemon.journal import Entry, Journal, State
 from digit_inbox.daemon.notify import Notifier
@@ -155,8 +155,8 @@ class Corrector(Daemon):
         sha256 = prepared.sha256 or sha256_of(path)
         row = decision_row(previous, path.name, sha256, digits)
         # The model learns from pages read as one plain mark; other decisions are recorded too.
-        one_mark = len(prepared.slots) == 1 and len(prepared.slots[0]) == 1
-        return self.file_decision(path, row, previous, prepared.images[0] if one_mark else None)
+        image = prepared.images[0] if preprocess.one_mark(prepared.slots) else None
+        return self.file_decision(path, row, previous, image)
 
     def file_decision(
         self, path: Path, row: Row, previous: Row | None, image: np.ndarray | None

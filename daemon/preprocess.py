@@ -908,16 +908,14 @@ def read_marks(
             (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
         )
         return Reading([alternatives(single, strong)], [0], [as_box(b) for b in boxes[outside]])
-    table = np.zeros(n + 1, np.int32)
+    width = float(np.median(w[order]))
     positions, line_of = [], []
     for number, line in enumerate(lines):
         for i in line:
-            table[:] = 0
-            table[np.asarray(groups[i]) + 1] = 1
-            whole = digit_of(table[labels].astype(bool), strong, t)
+            whole = digit_of(chosen(labels, n, np.asarray(groups[i]) + 1), strong, t)
             if whole is None:
                 continue
-            positions.append(alternatives(whole, strong, typical, float(np.median(w[order]))))
+            positions.append(alternatives(whole, strong, typical, width))
             line_of.append(number)
     flagged = {i for i, _ in joined}
     dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
@@ -1122,6 +1120,12 @@ def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
         a, b = round(low * w), max(round(high * w), round(low * w) + 1)
         cuts.append(a + int(np.argmin(profile[a:b])))
     return [cuts]
+
+
+def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
+    """Whether a page was read as one plain mark: one position, offered whole only (what the
+    model learns from, and what a one-digit set is measured on)."""
+    return len(slots) == 1 and len(slots[0]) == 1
 
 
 def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from digit_inbox.daemon.health import plural
 from digit_inbox.daemon.rows import Row, Status
 
 # Measured on 4,000 single digits and 191 touching pairs (bench/scans.py pages): a margin of
@@ -114,7 +115,7 @@ def fill(
 def describe(expected: tuple[int, int]) -> str:
     low, high = expected
     if low == high:
-        return f"{low} digit{'s' if low != 1 else ''}"
+        return plural(low, "digit")
     return f"{low} to {high} digits"
 
 

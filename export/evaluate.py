@@ -279,8 +279,7 @@ def one_digit(
     """(the digit's 28x28, held) for a file of a one-digit set: a page read as anything but one
     plain mark (blank, several marks, a mark that may be two digits) is held for review, as the
     daemon would hold it whatever the confidence."""
-    plain = len(slots) == 1 and len(slots[0]) == 1
-    return (images[0] if len(images) else None), not plain
+    return (images[0] if len(images) else None), not preprocess.one_mark(slots)
 
 
 def _prepare_pages(pages: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, bool]]:
