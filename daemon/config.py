@@ -36,6 +36,7 @@ T = TypeVar("T")
 OBSERVERS = ("auto", "inotify", "polling")
 DUPLICATE_POLICIES = ("flag", "review")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LISTEN = "127.0.0.1:8765"  # the review page: loopback only, no token needed
 LAYOUT_FIELDS = ("digits", "digit", "date", "year", "month", "day")  # digit: older name
 # What decode.py reads (a test keeps the two in step); other files are failed unopened.
 DEFAULT_EXTENSIONS = list(EXTENSIONS)  # every format the decoder reads
@@ -125,7 +126,7 @@ class Metrics:
 class Review:
     """`digit-inbox review`: where the page listens, and the token other addresses need."""
 
-    listen: str = "127.0.0.1:8765"
+    listen: str = DEFAULT_LISTEN
     token: str | None = None
 
 
@@ -267,10 +268,18 @@ def sha256_hex(value: Any) -> str:
     return value.lower()
 
 
+def split_listen(text: str) -> tuple[str, int] | None:
+    """HOST:PORT as (host, port), an IPv6 host's brackets dropped; None when it is not that."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def listen_address(value: Any) -> str:
-    host, sep, port = str(value).rpartition(":") if isinstance(value, str) else ("", "", "")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise Invalid(f"must be HOST:PORT such as 127.0.0.1:8765, got {describe(value)}")
+    parsed = split_listen(value) if isinstance(value, str) else None
+    if parsed is None or not parsed[0]:
+        raise Invalid(f"must be HOST:PORT such as {DEFAULT_LISTEN}, got {describe(value)}")
     return str(value)
 
 
@@ -353,7 +362,7 @@ def schema(base: Path) -> dict[str, dict[str, tuple[Callable[[Any], Any], Any]]]
             "interval_seconds": (real(1, 86400), 15.0),
         },
         "review": {
-            "listen": (listen_address, "127.0.0.1:8765"),
+            "listen": (listen_address, DEFAULT_LISTEN),
             "token": (optional(token), None),
         },
     }

@@ -40,7 +40,6 @@ from digit_inbox.daemon.rows import Row, Status
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "127.0.0.1:8765"
 COOKIE = "digit_inbox_review"
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; object-src 'none'; "
@@ -53,10 +52,13 @@ HERE = Path(__file__).parent / "review_page"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen: expected HOST:PORT such as {DEFAULT_LISTEN}, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    parsed = config.split_listen(text)
+    if parsed is None:
+        raise UsageError(
+            f"--listen: expected HOST:PORT such as {config.DEFAULT_LISTEN}, got {text!r}"
+        )
+    host, port = parsed
+    return host or "127.0.0.1", port
 
 
 def is_loopback(host: str) -> bool:
