@@ -164,15 +164,16 @@ class Health:
                 atomic_write(self.textfile, prometheus_text(state), mode=0o644)
 
 
-def atomic_write(path: Path, text: str, mode: int) -> None:
+def atomic_write(path: Path, content: str | bytes, mode: int) -> None:
     """Write to a temporary file in the same folder, fsync it, and rename it over `path`.
 
     The temporary name does not end in `.prom`, so node_exporter never reads a partial file.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from digit_inbox.daemon import config, contract
 from digit_inbox.daemon.corrections import Sample, samples
 from digit_inbox.daemon.errors import ConfigError, ExitCode, ModelError, UsageError
+from digit_inbox.daemon.health import atomic_write
 from digit_inbox.daemon.report import fsync_dir
 from digit_inbox.daemon.service import model_path
 
@@ -311,16 +311,7 @@ def install(candidate: bytes, target: Path) -> Path | None:
     if target.exists():
         previous = target.with_name(f"{target.stem}.{time.strftime('%Y%m%dT%H%M%S')}.onnx")
         os.link(target, previous)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        os.write(fd, candidate)
-        os.fsync(fd)
-        os.close(fd)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, candidate, 0o644)
     fsync_dir(target.parent)
     return previous
 
