@@ -160,10 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = command(
         "export",
-        "convert a checkpoint to ONNX and check parity",
+        "convert a checkpoint (or several, averaged) to ONNX and check parity",
         "digit-inbox export model.pt -o model.onnx --data-dir mnist/",
     )
-    export.add_argument("checkpoint", type=Path, help="checkpoint written by `train`")
+    export.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="checkpoint written by `train`; several (one --seed) are averaged into one model",
+    )
     export.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--data-dir", help="MNIST folder for the parity check")
 

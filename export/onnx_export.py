@@ -18,7 +18,7 @@ from torch import nn
 
 from digit_inbox.daemon import contract
 from digit_inbox.daemon.errors import DataError, ModelError
-from digit_inbox.export import mnist, train
+from digit_inbox.export import calibration, mnist, train
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,75 @@ class Temperature(nn.Module):
         return logits / self.temperature
 
 
-def export(checkpoint_path: Path, output: Path, data_dir: Path) -> dict[str, str]:
-    """Write the ONNX file, verify it against torch on 1,000 test images, return its metadata."""
-    checkpoint = load_checkpoint(checkpoint_path)
+class Ensemble(nn.Module):
+    """Several members' logits averaged, each over its own temperature, written as ONE last linear
+    layer over their concatenated penultimate features: the graph keeps the model contract's
+    `Gemm -> Div(T) -> Softmax` ending, so `learn` adapts an ensemble like a single model."""
+
+    def __init__(self, members: list[tuple[nn.Module, float]]) -> None:
+        super().__init__()
+        heads: list[tuple[nn.Linear, float]] = []
+        for model, temperature in members:
+            if not (isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear)):
+                raise ModelError("only models ending in a linear layer can be averaged")
+            heads.append((model[-1], temperature))
+        self.trunks = nn.ModuleList(model[:-1] for model, _ in members)  # type: ignore[index]
+        k = len(members)
+        self.head = nn.Linear(sum(h.in_features for h, _ in heads), heads[0][0].out_features)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.cat([h.weight / (k * t) for h, t in heads], 1))
+            self.head.bias.copy_(torch.stack([h.bias / (k * t) for h, t in heads]).sum(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([trunk(x) for trunk in self.trunks], 1))
+
+
+def average(checkpoints: list[dict[str, Any]], data_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The members as one `Ensemble`, with its temperature fitted and its accuracy measured on
+    the validation split they all held out (so they must share the seed that drew it)."""
+    seeds = {c["seed"] for c in checkpoints}
+    fingerprints = {c["train_data_md5"] for c in checkpoints}
+    if len(seeds) > 1 or len(fingerprints) > 1:
+        raise ModelError(
+            "the checkpoints were trained with different seeds or data, so one member's "
+            "validation images are another's training images; train them all with one --seed"
+        )
+    model = Ensemble(
+        [(train.build(c["arch"], c["state_dict"]), float(c.get("temperature", 1.0)))
+         for c in checkpoints]
+    )  # fmt: skip
+    model.eval()
+    split = mnist.load_split(data_dir, "train")
+    val_idx, _ = train.split_indices(len(split.labels), seeds.pop())
+    logits = train.logits_of(model, train.to_tensor(split.images[val_idx], "cpu")).numpy()
+    labels = split.labels[val_idx].astype(np.int64)
+    temperature = calibration.fit_temperature(logits, labels)
+    test = mnist.load_split(data_dir, "test")
+    test_logits = train.logits_of(model, train.to_tensor(test.images, "cpu")).numpy()
+    return model, {
+        "arch": "+".join(c["arch"] for c in checkpoints),
+        "temperature": temperature,
+        "val_ece": calibration.expected_calibration_error(
+            calibration.softmax(logits / temperature), labels
+        ),
+        "val_accuracy": float((logits.argmax(1) == labels).mean()),
+        "test_accuracy": float((test_logits.argmax(1) == test.labels).mean()),
+        "train_data_md5": fingerprints.pop(),
+    }
+
+
+def export(checkpoint_paths: list[Path], output: Path, data_dir: Path) -> dict[str, str]:
+    """Write the ONNX file, verify it against torch on 1,000 test images, return its metadata.
+
+    Several checkpoints are averaged into one model (`Ensemble`)."""
+    checkpoints = [load_checkpoint(path) for path in checkpoint_paths]
+    if len(checkpoints) == 1:
+        checkpoint = checkpoints[0]
+        logits = train.build(checkpoint["arch"], checkpoint["state_dict"])
+    else:
+        logits, checkpoint = average(checkpoints, data_dir)
     temperature = float(checkpoint.get("temperature", 1.0))
-    model = nn.Sequential(
-        train.build(checkpoint["arch"], checkpoint["state_dict"]),
-        Temperature(temperature),
-        nn.Softmax(1),
-    )
+    model = nn.Sequential(logits, Temperature(temperature), nn.Softmax(1))
     model.eval()
     test = mnist.load_split(data_dir, "test")
     images = train.to_tensor(test.images[:PARITY_IMAGES], "cpu")

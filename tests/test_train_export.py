@@ -60,6 +60,52 @@ def test_a_cnn_dry_run_exports_and_evaluates_like_torch(
     assert (tmp_path / "errors.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_checkpoints_of_one_seed_export_as_one_averaged_model_that_learn_can_adapt(
+    cnn_checkpoint: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    import onnx
+
+    from digit_inbox.daemon import learn
+
+    writers = tmp_path / "writers.pt"
+    args = ["train", "--dry-run", "--augment", "writers", "-o", str(writers)]
+    assert cli.main(args) == ExitCode.OK
+    members = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    for checkpoint, model in zip((cnn_checkpoint, writers), members, strict=True):
+        assert cli.main(["export", str(checkpoint), "-o", str(model)]) == ExitCode.OK
+    ensemble = tmp_path / "ensemble.onnx"
+    args = ["export", str(cnn_checkpoint), str(writers), "-o", str(ensemble)]
+    assert cli.main(args) == ExitCode.OK
+
+    classifier = Classifier(ensemble)
+    assert classifier.model_id.startswith("cnn+cnn-")
+    assert [n.op_type for n in onnx.load(str(ensemble)).graph.node][-4:] == [
+        "Concat", "Gemm", "Div", "Softmax"
+    ]  # fmt: skip
+    # Its probabilities rank like the members' temperature-scaled logits averaged.
+    images = mnist.load_split(mnist.resolve_data_dir(None), "test").images[:200]
+    x = images.astype(np.float32)[:, None] / 255
+    # (log-probabilities differ from logits / T by one constant per image: same argmax)
+    averaged = sum(np.log(Classifier(m).predict(x)) for m in members)
+    assert (classifier.predict(x).argmax(1) == averaged.argmax(1)).mean() >= 0.995
+    assert learn.Surgery(ensemble).head.weight.shape == (10, 256)
+
+
+def test_checkpoints_of_different_seeds_are_not_averaged(
+    cnn_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = torch.load(cnn_checkpoint, weights_only=True)
+    other["seed"] = 2
+    torch.save(other, tmp_path / "seed2.pt")
+    output = tmp_path / "m.onnx"
+    args = ["export", str(cnn_checkpoint), str(tmp_path / "seed2.pt"), "-o", str(output)]
+    assert cli.main(args) == ExitCode.MODEL
+    assert "one --seed" in caplog.text
+    assert not output.exists()
+
+
 def test_a_softmax_dry_run_exports(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     checkpoint = dry_run("softmax", tmp_path / "softmax.pt")
