@@ -45,22 +45,31 @@ class Read:
 
 
 def read(
-    probs: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]], lines: Sequence[int]
+    probs: np.ndarray,
+    slots: Sequence[tuple[tuple[int, ...], ...]],
+    lines: Sequence[int],
+    expected: tuple[int, int] | None = None,
 ) -> Read:
-    """The best alternative of every slot (probs: one row per candidate image)."""
+    """The best alternative of every slot (probs: one row per candidate image).
+
+    With an expected length, a cut that would read more digits than the most expected is
+    neither taken nor a doubt: in a one-digit field a wide mark is one digit."""
     chosen: list[int] = []
     line_of: list[int] = []
     doubts: list[int] = []
     top = np.log(np.maximum(probs.max(axis=1), 1e-12)) if len(probs) else np.zeros(0)
+    spare = math.inf if expected is None else expected[1] - len(slots)
 
     def score(pieces: tuple[int, ...]) -> float:
         return math.exp(float(np.mean(top[list(pieces)])))
 
     for slot, line in zip(slots, lines, strict=True):
-        whole, cuts = score(slot[0]), [score(pieces) for pieces in slot[1:]]
-        best = max(range(len(cuts)), key=cuts.__getitem__, default=None)
+        whole = score(slot[0])
+        cuts = {k: score(pieces) for k, pieces in enumerate(slot) if 0 < len(pieces) - 1 <= spare}
+        best = max(cuts, key=cuts.__getitem__, default=None)
         if best is not None and cuts[best] > whole + SPLIT_MARGIN:
-            pieces = slot[best + 1]
+            pieces = slot[best]
+            spare -= len(pieces) - 1
         else:
             pieces = slot[0]
             if best is not None and cuts[best] >= TOUCHING_DOUBT:

@@ -116,10 +116,18 @@ def elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def write_strip(path: Path, prepared: preprocess.Prepared, row: Row, probs: np.ndarray) -> None:
+def write_strip(
+    path: Path,
+    prepared: preprocess.Prepared,
+    row: Row,
+    probs: np.ndarray,
+    expected: tuple[int, int] | None,
+) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        read = reading.read(probs, prepared.slots, prepared.lines) if len(probs) else None
+        read = None
+        if len(probs):
+            read = reading.read(probs, prepared.slots, prepared.lines, expected)
         digits = []
         if read is not None:
             for k, (i, p) in enumerate(zip(read.images, read.probs, strict=True)):
@@ -354,7 +362,7 @@ class Reader:
             k += len(prepared.images)
             row = self._row(name, prepared, mine, share * len(mine))
             if prepared.debug is not None and prepared.debug_path is not None:
-                write_strip(prepared.debug_path, prepared.debug, row, mine)
+                write_strip(prepared.debug_path, prepared.debug, row, mine, self.digits)
             rows.append(row)
         return rows
 
@@ -371,7 +379,7 @@ class Reader:
             ms=p.ms + ms,
         )
         if p.status is None and p.slots:
-            read = reading.read(probs, p.slots, p.lines)
+            read = reading.read(probs, p.slots, p.lines, self.digits)
             reading.fill(row, read, self.min_confidence, self.digits)
         return row
 

@@ -73,6 +73,19 @@ def test_a_cut_must_read_clearly_better_than_the_whole_mark():
     assert found.digits == [6, 7] and found.lines == [0, 0] and found.doubts == []
 
 
+def test_a_field_of_known_length_takes_no_cut_that_would_read_more_digits():
+    whole, left, right = sure(0, 0.55), sure(6, 0.9995), sure(7, 0.9993)
+    probs, slots = np.array([whole, left, right]), [((0,), (1, 2))]
+    assert reading.read(probs, slots, [0], expected=(1, 1)).digits == [0]
+    assert reading.read(probs, slots, [0], expected=(1, 1)).doubts == []
+    assert reading.read(probs, slots, [0], expected=(1, 2)).digits == [6, 7]
+    # Two marks in a two-digit field: neither may be cut; in a 2-3 field only one of them.
+    probs = np.array([whole, left, right, whole, left, right])
+    slots = [((0,), (1, 2)), ((3,), (4, 5))]
+    assert reading.read(probs, slots, [0, 0], expected=(2, 2)).digits == [0, 0]
+    assert reading.read(probs, slots, [0, 0], expected=(2, 3)).digits == [6, 7, 0]
+
+
 @pytest.mark.parametrize("value", ["auto", "AUTO"])
 def test_auto_expects_any_length(value):
     assert reading.parse_expected(value) is None
