@@ -276,10 +276,12 @@ def reading(
 def one_digit(
     images: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]]
 ) -> tuple[np.ndarray | None, bool]:
-    """(the digit's 28x28, held) for a file of a one-digit set: a page read as anything but one
-    plain mark (blank, several marks, a mark that may be two digits) is held for review, as the
-    daemon would hold it whatever the confidence."""
-    return (images[0] if len(images) else None), not preprocess.one_mark(slots)
+    """(the digit's 28x28, held) for a file of a one-digit set, read as the daemon reads a
+    one-digit field (`recognition.digits: 1`): one mark is read whole, and a page with no mark
+    or several goes to review whatever the confidence."""
+    if len(slots) != 1:
+        return None, True
+    return images[slots[0][0][0]], False
 
 
 def _prepare_pages(pages: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, bool]]:
@@ -324,7 +326,7 @@ def read_labelled_folder(classifier: Classifier, folder: Path) -> Reading:
 
 def format_sets(readings: Iterable[Reading]) -> str:
     """Accuracy, calibration error and the review/error dial of every set, as plain text."""
-    lines = []
+    lines = ["", "Scan and USPS sets are read as one-digit fields (recognition.digits: 1)."]
     for r in readings:
         lines += [
             "",
