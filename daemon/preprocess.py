@@ -57,6 +57,9 @@ REACH = round(CLOSING * BACKGROUND_BLOCKS)
 COVERED = 0.8  # a box's side is there when this much of its length has ink where it must run
 
 
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
+
+
 @dataclass
 class Prepared:
     """The digits of a page in reading order, as the model's 28x28 images.
@@ -97,6 +100,7 @@ class Reading:
     positions: list[list[list[Digit]]]
     lines: list[int]  # the line of each position, 0 = top
     dropped: list[tuple[int, int, int, int]]  # boxes of separators, strokes and specks
+    plain: bool = False  # the mask held one piece of ink and nothing else: no frame nor line
 
     @property
     def digits(self) -> list[Digit]:
@@ -829,7 +833,8 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
         structure |= line.pixels
     for line in vertical:
         structure |= line.pixels.T
-    if structure.any():
+    plain = not structure.any()
+    if not plain:
         quiet = np.where(neighbourhood(structure, np.logical_or), 0, smooth)
         t = min(t, max(threshold(quiet), floor))
         if max(floor, HYSTERESIS * t) < low - 0.02:
@@ -839,6 +844,7 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
     cleaned = remove_lines(mask, horizontal, vertical)
     strong = cleaned & (smooth >= t)
     labels, n = label(cleaned)
+    plain = plain and n == 1
     labels, n = keep_labels(labels, n, np.flatnonzero(np.bincount(labels[strong], minlength=1)))
     if n == 0:
         return "only lines, no digit"
@@ -848,7 +854,9 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
         return "only specks, no digit"
     single = digit_of(chosen(labels, n, ids), strong, t)
     assert single is not None  # the largest piece has strong ink: it was kept for that
-    return read_marks(labels, pieces, strong, t, single)
+    found = read_marks(labels, pieces, strong, t, single)
+    found.plain = plain
+    return found
 
 
 def digit_of(mask: np.ndarray, strong: np.ndarray, t: float) -> Digit | None:
@@ -1255,9 +1263,10 @@ def centre(small: np.ndarray) -> np.ndarray:
 # --- the pipeline ------------------------------------------------------------------------
 
 
-def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
+def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool = True) -> Prepared:
     """A page (as `decode` yields it, or any numeric array) -> the model's 28x28 images of its
-    digits in reading order, or blank.
+    digits in reading order, or blank. `spare=False` takes every closer look, also those
+    `reads_as_closer` spares (to check that sparing them changes no reading).
 
     Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
     """
@@ -1281,9 +1290,11 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False) -> Prepared:
         if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or extent < 0.5 * max(
             ink.shape
         ):
-            closer = look_closer(img, look.light, look.paper, found.box, look.scale, wanted)
-            if closer is not None:
-                ink, found = closer
+            region = closer_region(img.size, found.box, look.scale)
+            if not (spare and wanted == look.scale and reads_as_closer(look, found, region)):
+                closer = look_closer(img, look.light, look.paper, region, look.scale, wanted)
+                if closer is not None:
+                    ink, found = closer
     steps = {"page": look.page, "ink": ink} if debug else {}
     if not isinstance(found, Reading):
         return Prepared(NO_IMAGES, found, steps=steps)
@@ -1377,27 +1388,59 @@ def min_digit_size(page_side: int, scale: float) -> float:
     return max(MIN_DIGIT_PX, MIN_DIGIT_FRACTION * page_side) * scale
 
 
+def closer_region(size: tuple[int, int], box: Box, scale: float) -> Box:
+    """The part of a page of `size` (w, h) a closer look at the digits found in `box` (y0, x0,
+    y1, x1 at `scale`) reads, in the page's pixels: their box and a margin of 0.6 of its
+    longer side, where a printed label beside a number is seen whole."""
+    w, h = size
+    y0, x0, y1, x1 = (v / scale for v in box)
+    margin = 0.6 * max(y1 - y0, x1 - x0)
+    iy0, ix0 = max(0, int(y0 - margin)), max(0, int(x0 - margin))
+    return iy0, ix0, min(h, math.ceil(y1 + margin)), min(w, math.ceil(x1 + margin))
+
+
+FAINT_INK = 1 / 16  # fainter ink never counts towards a threshold (see `threshold`)
+
+
+def reads_as_closer(look: Look, found: Reading, region: Box) -> bool:
+    """Whether a closer look at `region` at the overview's own scale would find what the
+    overview found, so it can be spared (it is most of the work on a small clean page).
+
+    Only on a plain page: one piece of ink, no frame, line or speck (`Reading.plain`), no ink
+    outside the region (so the threshold there is the overview's), and no line inside it (a
+    form box around the digit, too short for a line of the page, is long in the region).
+    Anything else takes the closer look.
+    """
+    if not found.plain or len(found.digits) != 1:
+        return False
+    s = look.scale
+    y0, x0 = math.floor(region[0] * s), math.floor(region[1] * s)
+    y1, x1 = math.ceil(region[2] * s), math.ceil(region[3] * s)
+    faint = look.ink >= FAINT_INK
+    if np.count_nonzero(faint) != np.count_nonzero(faint[y0:y1, x0:x1]):
+        return False
+    mask = found.digits[0].mask[y0:y1, x0:x1]
+    return not line_candidates(mask) and not line_candidates(mask.T)
+
+
 def look_closer(
     img: Image.Image,
     light: bool,
     paper: np.ndarray,
-    box: tuple[int, int, int, int],
+    region: Box,
     scale: float,
     wanted: float,
 ) -> tuple[np.ndarray, Reading] | None:
-    """Read the region around the digits found small in the overview again at `wanted` scale.
+    """Read `region` (see `closer_region`) around the digits found small in the overview
+    again at `wanted` scale.
 
-    The region (the digits' box and a margin of 0.6 of its longer side, where a printed label
-    beside a number is seen whole) is read at no more than CLOSER_PIXELS: marks scattered over
-    a page would otherwise be read at full resolution.
+    The region is read at no more than CLOSER_PIXELS: marks scattered over a page would
+    otherwise be read at full resolution.
     The paper estimate of the overview is reused (it is smooth); lines and specks are cleaned
     again at the finer resolution.
     """
     w, h = img.size
-    y0, x0, y1, x1 = (v / scale for v in box)
-    margin = 0.6 * max(y1 - y0, x1 - x0)
-    iy0, ix0 = max(0, int(y0 - margin)), max(0, int(x0 - margin))
-    iy1, ix1 = min(h, math.ceil(y1 + margin)), min(w, math.ceil(x1 + margin))
+    iy0, ix0, iy1, ix1 = region
     wanted = min(wanted, max(scale, math.sqrt(CLOSER_PIXELS / ((iy1 - iy0) * (ix1 - ix0)))))
     size = (max(3, round((iy1 - iy0) * wanted)), max(3, round((ix1 - ix0) * wanted)))
     plane = ink_plane(page_pixels(img, size, (ix0, iy0, ix1, iy1)), light)
@@ -1415,7 +1458,6 @@ def look_closer(
     return ink, found
 
 
-Box = tuple[int, int, int, int]
 DIGIT_COLOUR, DROPPED_COLOUR, SEPARATOR = (0, 160, 0), (220, 0, 0), (255, 0, 255)
 
 

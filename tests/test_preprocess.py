@@ -3,13 +3,19 @@ line and speck removal, connected components, and the MNIST-style normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from digit_inbox.daemon import preprocess
+from bench import scans
+from digit_inbox.daemon import decode, preprocess, reading
+from digit_inbox.daemon.classifier import Classifier
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
-from digit_inbox.daemon.decode import DecodeError
+from digit_inbox.daemon.decode import EXTENSIONS, DecodeError
+from tests.helpers import mnist_test_digits
 
 WHITE, BLACK = (245, 245, 240), (20, 20, 25)
 
@@ -491,3 +497,64 @@ def test_a_printed_line_above_a_number_is_not_read_as_digits():
 
     prepared = preprocess.prepare(scan(shape=None, page=(220, 340), clutter=marks))
     assert len(prepared.slots) == 2 and prepared.lines == [0, 0]
+
+
+# --- sparing the closer look --------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def reading_of(page: Image.Image, classifier: Classifier, spare: bool) -> str:
+    """The string read from a page (or its blank reason), with or without sparing looks."""
+    prepared = preprocess.prepare(page, spare=spare)
+    if not prepared.slots:
+        return f"blank: {prepared.blank_reason}"
+    found = reading.read(classifier.predict(prepared.images), prepared.slots, prepared.lines)
+    return reading.text(found.digits, found.lines)
+
+
+def sample_pages() -> Iterator[tuple[str, Image.Image]]:
+    """The committed samples, and clean scans made as bench/scans.py makes them, small pages
+    (form-field crops, where most closer looks are spared) and larger ones."""
+    for path in sorted(
+        p for d in ("scans", "numbers", "number-samples") for p in (DATA / d).iterdir()
+    ):
+        if path.suffix.lower() in EXTENSIONS:
+            yield path.name, decode.decode(path).image
+    images, _ = mnist_test_digits()
+    rng = np.random.default_rng(14)
+    for i in range(120):
+        page, _ = scans.render(images[i], rng, "clean", max_side=150 if i % 3 else 600)
+        yield f"clean {i}", page
+
+
+def test_sparing_a_closer_look_changes_no_reading(monkeypatch):
+    classifier = Classifier(threads=1)
+    spared: list[bool] = []
+    spy = spying(preprocess.reads_as_closer, spared)
+    monkeypatch.setattr(preprocess, "reads_as_closer", spy)
+    for name, page in sample_pages():
+        assert reading_of(page, classifier, True) == reading_of(page, classifier, False), name
+    assert spared.count(True) >= 40 and spared.count(False) >= 5  # both ways were taken
+
+
+def test_a_small_digit_in_a_form_box_it_touches_gets_the_closer_look_that_removes_the_box(
+    monkeypatch,
+):
+    def box(draw: ImageDraw.ImageDraw) -> None:
+        # Too short for a line of the page, so one piece with the 7 whose bar touches it.
+        draw.rectangle([56, 52, 86, 94], outline=BLACK, width=2)
+
+    spared: list[bool] = []
+    monkeypatch.setattr(preprocess, "reads_as_closer", spying(preprocess.reads_as_closer, spared))
+    boxed = read(scan(page=(150, 150), at=(60, 55), size=36, width=4, clutter=box))
+    assert spared == [False]
+    assert similarity(boxed, read(scan(page=(150, 150), at=(60, 55), size=36, width=4))) > 0.9
+
+
+def spying(function: Callable[..., bool], answers: list[bool]) -> Callable[..., bool]:
+    def spy(*args: object) -> bool:
+        answers.append(function(*args))
+        return answers[-1]
+
+    return spy
