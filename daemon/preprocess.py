@@ -172,8 +172,8 @@ def page_pixels(
     box = box or (0, 0, page.width, page.height)
     shrinking = (box[2] - box[0]) > w and (box[3] - box[1]) > h
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-    out = np.asarray(page.resize((w, h), resample, box=box, reducing_gap=2.0), np.float32)
-    return out * np.float32(1 / 255)
+    out = pixels_of(page.resize((w, h), resample, box=box, reducing_gap=2.0))
+    return out.astype(np.float32) * np.float32(1 / 255)
 
 
 def resized(
@@ -182,11 +182,25 @@ def resized(
     """A 2-D float array resized to size (h, w), optionally from the region box (x0, y0, x1, y1):
     area-averaging when shrinking, bilinear when enlarging."""
     h, w = size
-    src = Image.fromarray(np.ascontiguousarray(plane, np.float32), "F")
+    src = float_image(plane)
     box = box or (0, 0, src.width, src.height)
     shrinking = (box[2] - box[0]) > w and (box[3] - box[1]) > h
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-    return np.asarray(src.resize((w, h), resample, box=box))
+    return pixels_of(src.resize((w, h), resample, box=box))
+
+
+def float_image(plane: np.ndarray) -> Image.Image:
+    """A 2-D array as a Pillow "F" image on its float32 memory: Image.fromarray's checks
+    cost more than resizing the small arrays of an overview."""
+    a = np.ascontiguousarray(plane, np.float32)
+    return Image.frombuffer("F", (a.shape[1], a.shape[0]), a, "raw", "F", 0, 1)
+
+
+def pixels_of(img: Image.Image) -> np.ndarray:
+    """np.asarray(img) of an L, RGB or F image (read-only too), at half its cost."""
+    dtype = np.float32 if img.mode == "F" else np.uint8
+    shape = (img.height, img.width, 3) if img.mode == "RGB" else (img.height, img.width)
+    return np.frombuffer(img.tobytes(), dtype).reshape(shape)
 
 
 def overview_size(h: int, w: int, pixels: int = OVERVIEW_PIXELS) -> tuple[int, int]:
@@ -342,12 +356,11 @@ def window_max(a: np.ndarray, dy: int, dx: int, k: int) -> np.ndarray:
 
 def shrunk(plane: np.ndarray, factor: int) -> np.ndarray:
     """Mean of each factor x factor block (the edge rows and columns that don't fill one are
-    dropped)."""
+    dropped). Pillow's C loop: a numpy mean over axes is slow."""
     if factor == 1:
         return plane.astype(np.float32)
     h, w = plane.shape[0] // factor * factor, plane.shape[1] // factor * factor
-    src = Image.fromarray(np.ascontiguousarray(plane[:h, :w], np.float32), "F")
-    return np.asarray(src.reduce(factor))  # Pillow's C loop: a numpy mean over axes is slow
+    return pixels_of(float_image(plane[:h, :w]).reduce(factor))
 
 
 def ink_strength(plane: np.ndarray, paper: np.ndarray) -> np.ndarray:
