@@ -1419,12 +1419,16 @@ def reads_as_closer(look: Look, found: Reading, region: Box) -> bool:
     """Whether a closer look at `region` at the overview's own scale would find what the
     overview found, so it can be spared (it is most of the work on a small clean page).
 
-    Only on a plain page: one piece of ink, no frame, line or speck (`Reading.plain`), no ink
-    outside the region (so the threshold there is the overview's), and no line inside it (a
-    form box around the digit, too short for a line of the page, is long in the region).
+    Only on a plain page: one piece of ink, no frame, line or speck (`Reading.plain`), no
+    wider than tall, no ink outside the region (so the threshold there is the overview's), and
+    no line inside it (a form box around the digit, too short for a line of the page, is long
+    in the region).
     Anything else takes the closer look.
     """
     if not found.plain or len(found.digits) != 1:
+        return False
+    y0, x0, y1, x1 = found.digits[0].box
+    if x1 - x0 > y1 - y0:  # nearly wide enough for touching digits: cuts hang on its exact box
         return False
     s = look.scale
     y0, x0 = math.floor(region[0] * s), math.floor(region[1] * s)

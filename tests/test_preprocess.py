@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from bench import scans
+from bench import number_scans, scans
 from digit_inbox.daemon import decode, preprocess, reading
 from digit_inbox.daemon.classifier import Classifier
 from digit_inbox.daemon.contract import DIGIT_BOX, IMAGE_SIZE
@@ -514,8 +514,9 @@ def reading_of(page: Image.Image, classifier: Classifier, spare: bool) -> str:
 
 
 def sample_pages() -> Iterator[tuple[str, Image.Image]]:
-    """The committed samples, and clean scans made as bench/scans.py makes them, small pages
-    (form-field crops, where most closer looks are spared) and larger ones."""
+    """The committed samples, and clean scans made as bench/scans.py and number_scans.py make
+    them: small pages (form-field crops, where most closer looks are spared), larger ones,
+    and touching pairs."""
     for path in sorted(
         p for d in ("scans", "numbers", "number-samples") for p in (DATA / d).iterdir()
     ):
@@ -526,6 +527,16 @@ def sample_pages() -> Iterator[tuple[str, Image.Image]]:
     for i in range(120):
         page, _ = scans.render(images[i], rng, "clean", max_side=150 if i % 3 else 600)
         yield f"clean {i}", page
+    for i in range(30):  # one piece, wide: a touching pair the closer look offers cut
+        pair = number_scans.make_spec([f"{i % 10}{i * 7 % 10}"], spacing="overlap")
+        page, _ = number_scans.render(pair, images[200 + 2 * i : 202 + 2 * i], rng, "clean", 450)
+        yield f"touching {i}", page
+    # Overlapping hairline digits in shadow, one piece nearly too wide for one digit: spared at
+    # first, it read as one digit where the closer look offers the pair cut.
+    recipe = number_scans.Recipe(seed=2024, preset="varied", kinds=("touching",))
+    pair = [images[5341], images[9176]]
+    made = number_scans.make_scan(recipe.spec(56), pair, recipe.rng(56, "page"), "varied")
+    yield "touching, varied 56", decode.decode_bytes(made.data).image
 
 
 def test_sparing_a_closer_look_changes_no_reading(monkeypatch):
