@@ -7,7 +7,7 @@ report under its lock, release; see journal.py), on a journal of its own,
 leaves them alone, and a lock file keeps two correcting processes (the command and the review
 page) from finishing each other's work. In order, each step durable before the next:
 
-    sample     the decision (row, label, the 28x28 input the model saw) under a new claim id
+    sample     the decision (row, label, the 28x28 inputs of its digits) under a new claim id
     CLAIMED    journal; then the file is renamed from review/ or the outbox into processing/
     decide     its destination for that reading (the daemon's rules) and its CSV line
     CLASSIFIED journal; place, append the `corrected` row, release, DONE
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS samples (
     model_reading TEXT NOT NULL,  -- what the model had read ('' if unknown)
     confidence REAL,
     model TEXT NOT NULL,
-    image BLOB,                   -- the model's 28x28 float32 input; NULL if none was found
+    image BLOB,                   -- the model's 28x28 float32 inputs, one per digit; NULL if
+                                  -- the marks found are not the digits read
     row TEXT NOT NULL             -- the planned report row (JSON), to finish a killed decision
 );
 """
@@ -79,7 +80,7 @@ class Sample:
     kind: str
     model_reading: str
     confidence: float | None
-    image: np.ndarray | None
+    images: np.ndarray | None  # [digits, 28, 28], one per digit of `label`
 
 
 def parse_digits(text: str) -> str:
@@ -154,16 +155,17 @@ class Corrector(Daemon):
         prepared = prepare_file(path, recognition.max_pixels, max_pages=recognition.max_pages)
         sha256 = prepared.sha256 or sha256_of(path)
         row = decision_row(previous, path.name, sha256, digits)
-        # The model learns from pages read as one plain mark; other decisions are recorded too.
-        image = prepared.images[0] if preprocess.one_mark(prepared.slots) else None
-        return self.file_decision(path, row, previous, image)
+        # The model learns from each digit of a page with as many marks as the person read
+        # digits; other decisions are recorded too.
+        images = preprocess.marks_of(prepared, len(digits))
+        return self.file_decision(path, row, previous, images)
 
     def file_decision(
-        self, path: Path, row: Row, previous: Row | None, image: np.ndarray | None
+        self, path: Path, row: Row, previous: Row | None, images: np.ndarray | None
     ) -> Row:
         entry = Entry(self.names.next_id(), Path(), path, row.file, time.time())
         entry.claim = self.paths.processing / self.names.file_name(entry.claim_id, path.name)
-        self.store_sample(entry.claim_id, row, previous, image)
+        self.store_sample(entry.claim_id, row, previous, images)
         self.record(claimed=[entry])
         try:
             filing.claim(entry.original, entry.claim)
@@ -255,7 +257,7 @@ class Corrector(Daemon):
     # --- The learning store.
 
     def store_sample(
-        self, claim_id: str, row: Row, previous: Row | None, image: np.ndarray | None
+        self, claim_id: str, row: Row, previous: Row | None, images: np.ndarray | None
     ) -> None:
         reading = previous.digits if previous is not None else ""
         kind = "confirmed" if reading and reading == row.digits else "corrected"
@@ -274,7 +276,7 @@ class Corrector(Daemon):
                     reading,
                     previous.confidence if previous is not None else None,
                     row.model,
-                    None if image is None else np.asarray(image, np.float32).tobytes(),
+                    None if images is None else np.asarray(images, np.float32).tobytes(),
                     json.dumps(dataclasses.asdict(row)),
                 ),
             )
@@ -325,7 +327,7 @@ def samples(cfg: config.Config) -> list[Sample]:
             kind,
             reading,
             confidence,
-            None if image is None else np.frombuffer(image, np.float32).reshape(28, 28),
+            None if image is None else np.frombuffer(image, np.float32).reshape(-1, 28, 28),
         )
         for t, sha, label, kind, reading, confidence, image in found
     ]

@@ -150,13 +150,19 @@ class Surgery:
         return self.cache[key]
 
     def with_head(self, head: Head, model_id: str) -> bytes:
+        weight = head.weight if self.trans_b else head.weight.T
+        return self.with_weights(
+            {self.gemm.input[1]: weight, self.gemm.input[2]: head.bias}, model_id
+        )
+
+    def with_weights(self, replace: dict[str, np.ndarray], model_id: str) -> bytes:
+        """The same graph with the initializers named in `replace` replaced (each kept in its
+        own dtype) and the model id set; the id it was adapted from is kept in the metadata."""
         import onnx
         from onnx import numpy_helper
 
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-        weight = head.weight if self.trans_b else head.weight.T
-        replace = {self.gemm.input[1]: weight, self.gemm.input[2]: head.bias}
         for init in model.graph.initializer:
             if init.name in replace:
                 dtype = numpy_helper.to_array(init).dtype
@@ -219,19 +225,24 @@ def fit(
 
 
 def usable(found: list[Sample]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images, labels and content hashes of the single-digit decisions (the latest per file)."""
+    """Images, labels and content hashes of each digit of the decisions whose digits were
+    found (the latest decision per file); a number's digits share its file's hash, so they are
+    held out together."""
     latest: dict[str, Sample] = {}
     for s in found:
         key = s.sha256 or f"{s.time}"
         latest[key] = s
-    keep = [s for s in latest.values() if s.image is not None and len(s.label) == 1]
-    if not keep:
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    hashes: list[str] = []
+    for s in latest.values():
+        if s.images is not None and s.label and len(s.images) == len(s.label):
+            images.extend(s.images)
+            labels.extend(int(d) for d in s.label)
+            hashes.extend([s.sha256] * len(s.label))
+    if not images:
         return np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64), []
-    return (
-        np.stack([s.image for s in keep if s.image is not None]),
-        np.array([int(s.label) for s in keep]),
-        [s.sha256 for s in keep],
-    )
+    return np.stack(images), np.array(labels, np.int64), hashes
 
 
 def held_out(sha256: str) -> bool:
@@ -335,7 +346,7 @@ def main(config_path: Path, output: Path, promote: bool, data_dir: str | None) -
     images, labels, hashes = usable(samples(cfg))
     if len(labels) < MIN_DECISIONS:
         raise UsageError(
-            f"{len(labels)} single-digit decision(s) recorded; learning needs at least "
+            f"{len(labels)} digit(s) recorded in decisions; learning needs at least "
             f"{MIN_DECISIONS} (record them with `digit-inbox correct` or the review page)"
         )
     hold = hold_mask(hashes)

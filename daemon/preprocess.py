@@ -1162,6 +1162,15 @@ def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
     return len(slots) == 1 and len(slots[0]) == 1
 
 
+def marks_of(prepared: Prepared, count: int) -> np.ndarray | None:
+    """One 28x28 per digit when the page holds `count` marks (a number's digits, each its own
+    mark, read whole), in reading order; None otherwise: then which ink is which digit is not
+    known, and a person's reading of the page cannot label it."""
+    if count < 1 or len(prepared.slots) != count:
+        return None
+    return prepared.images[[slot[0][0] for slot in prepared.slots]]
+
+
 def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:
     """The mask of the components `ids` (a lookup table: np.isin sorts)."""
     table = np.zeros(n + 1, bool)

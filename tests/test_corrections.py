@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from digit_inbox.daemon import config, corrections, filing, report, service
+from digit_inbox.daemon.classifier import Classifier, embedded_model
 from digit_inbox.daemon.cli import main
 from digit_inbox.daemon.errors import UsageError
 from digit_inbox.daemon.rows import Status
-from tests.helpers import Folders, digit_png, drop, unsure_in_review, write_config
+from tests.helpers import Folders, digit_png, drop, number_png, unsure_in_review, write_config
 
 
 class Crash(BaseException):
@@ -45,8 +46,8 @@ def test_a_correction_files_the_scan_where_the_daemon_would_and_writes_one_row(o
     assert row["sha256"] == corrections.sha256_of(folders.outbox / "7" / "a.png")
     (sample,) = corrections.samples(config.load(cfg_path))
     assert (sample.label, sample.kind, sample.model_reading) == ("7", "corrected", "1")
-    assert sample.image is not None and sample.image.shape == (28, 28)
-    assert sample.image.max() > 0.5  # the digit's ink, not an empty input
+    assert sample.images is not None and sample.images.shape == (1, 28, 28)
+    assert sample.images.max() > 0.5  # the digit's ink, not an empty input
 
 
 def test_a_settled_file_leaves_no_review_note_behind(office):
@@ -81,6 +82,25 @@ def test_a_multi_digit_reading_files_under_its_digits(office):
     cfg_path, folders = office
     main(["correct", "-c", str(cfg_path), "a.png", "42"])
     assert (folders.outbox / "42" / "a.png").is_file()
+
+
+def test_a_numbers_correction_keeps_one_input_per_digit_when_its_marks_are_its_digits(office):
+    cfg_path, folders = office
+    data, digits = number_png(3, 2, 1)  # three MNIST test digits side by side
+    path = drop(folders.review, "n.png", data)
+    assert main(["correct", "-c", str(cfg_path), str(path), digits]) == 0
+    (sample,) = corrections.samples(config.load(cfg_path))
+    assert sample.label == digits
+    assert sample.images is not None and sample.images.shape == (3, 28, 28)
+    read = Classifier(embedded_model()).predict(sample.images).argmax(1)
+    assert "".join(map(str, read)) == digits  # each input is its digit, in reading order
+
+
+def test_a_reading_with_more_digits_than_marks_keeps_no_input(office):
+    cfg_path, _ = office
+    assert main(["correct", "-c", str(cfg_path), "a.png", "11"]) == 0  # one mark, two digits
+    (sample,) = corrections.samples(config.load(cfg_path))
+    assert sample.label == "11" and sample.images is None
 
 
 def test_running_the_same_correction_again_adds_nothing(office):

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from digit_inbox.daemon import config, learn
 from digit_inbox.daemon.classifier import Classifier, embedded_model
 from digit_inbox.daemon.cli import main
-from digit_inbox.daemon.corrections import Corrector
+from digit_inbox.daemon.corrections import Corrector, Sample
 from tests.helpers import Folders, digit_png, drop, mnist_test_digits, wait_until, write_config
 
 
@@ -129,6 +129,28 @@ def test_a_candidate_that_fails_the_gate_is_not_written(
     assert "held-out decisions:" in printed and "MNIST test:" in printed
     assert "candidate not written" in printed
     assert not out.exists()
+
+
+def test_each_digit_of_a_number_is_learnt_and_held_out_with_its_file():
+    def sample(sha: str, label: str, images: np.ndarray | None, t: float) -> Sample:
+        return Sample(t, sha, label, "corrected", "", None, images)
+
+    digits = np.arange(3 * 28 * 28, dtype=np.float32).reshape(3, 28, 28)
+    images, labels, hashes = learn.usable(
+        [
+            sample("n", "42", digits[:2], 1.0),
+            sample("one", "7", digits[2:], 2.0),
+            sample("unfound", "11", None, 3.0),  # its marks were not its digits
+            sample("none", "", None, 4.0),  # not a number
+        ]
+    )
+    assert labels.tolist() == [4, 2, 7]
+    assert np.array_equal(images, digits)
+    assert hashes == ["n", "n", "one"]
+    assert learn.hold_mask(["n", "n", *[f"x{i}" for i in range(20)]])[:2].tolist() in (
+        [True, True],
+        [False, False],
+    )
 
 
 def test_learning_needs_enough_decisions(tmp_path):
