@@ -25,6 +25,7 @@ import numpy as np
 from digit_inbox.daemon import learn, preprocess
 from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE as MIN_CONFIDENCE  # to review
+from digit_inbox.daemon.learn import Outcome
 from digit_inbox.export import calibration, mnist, usps
 
 COUNTS = (0, 50, 100, 200, 500)
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--spot-check", type=float, default=0.05)
     parser.add_argument("--cache", type=Path, help="keep the preprocessed USPS inputs here")
+    parser.add_argument(
+        "--methods",
+        default="numpy",
+        help="numpy (learn's last layer), torch (every layer; the [train] extra), or both: "
+        "numpy,torch",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     source = usps.resolve_path(None)
@@ -82,44 +89,57 @@ def main(argv: list[str] | None = None) -> int:
     spot = rng.random(cut) < args.spot_check
     unseen_x, unseen_y = x[cut:], labels[cut:]
 
+    def numpy_last_layer(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
+        head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
+        return calibration.softmax(head.logits(unseen_x)), outcome
+
+    def torch_finetune(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
+        from digit_inbox.export import finetune
+
+        candidate, outcome = finetune.finetune(
+            surgery, images[chosen], labels[chosen], hold, data_dir
+        )
+        return finetune.probabilities(candidate, images[cut:]), outcome
+
+    methods = {"numpy": numpy_last_layer, "torch": torch_finetune}
     print(f"first part: {reviewed.sum()} of {cut} went to review")
-    before_errors = int((base.logits(unseen_x).argmax(1) != unseen_y).sum())
+    before = calibration.softmax(base.logits(unseen_x))
+    before_errors = int((before.argmax(1) != unseen_y).sum())
     print(
-        "corrections  spot-check  used  gate  unseen acc  errors  review share  MNIST test"
-        "  (candidate before the gate: acc, errors)"
+        "method  corrections  spot-check  used  gate  unseen acc  errors  review share  "
+        "MNIST test  seconds  (candidate before the gate: acc, errors, MNIST)"
     )
-    for spot_checks in (False, True):
-        stream = np.flatnonzero(reviewed | (spot & spot_checks))
-        done = False
-        for n in COUNTS:
-            chosen = stream[:n]
-            if done:
-                continue
-            done = len(chosen) < n  # every correction the first part offers: the last line
-            row = f"{n:>11}  {'yes' if spot_checks else 'no':>10}  {len(chosen):>4}"
-            if not n:
-                p = calibration.softmax(base.logits(unseen_x))
+    before_acc = 100 * (1 - before_errors / len(unseen_y))
+    print(
+        f"{'-':>6}  {0:>11}  {'':>10}  {0:>4}     -  {before_acc:>8.2f} %  {before_errors:>6}  "
+        f"{100 * (before.max(1) < MIN_CONFIDENCE).mean():>10.2f} %"
+    )
+    for name in args.methods.split(","):
+        for spot_checks in (False, True):
+            stream = np.flatnonzero(reviewed | (spot & spot_checks))
+            for n in COUNTS[1:]:
+                chosen = stream[:n]
+                hold = learn.hold_mask([f"usps-{i}" for i in chosen])
+                began = time.perf_counter()
+                p, outcome = methods[name](chosen, hold)
+                seconds = time.perf_counter() - began
+                candidate_errors = int((p.argmax(1) != unseen_y).sum())
+                mnist_acc = outcome.after_mnist
+                if not outcome.passes:
+                    p, mnist_acc = before, outcome.before_mnist
+                errors = int((p.argmax(1) != unseen_y).sum())
                 print(
-                    f"{row}     -  {100 * (p.argmax(1) == unseen_y).mean():>8.2f} %  "
-                    f"{before_errors:>6}  {100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %"
+                    f"{name:>6}  {n:>11}  {'5 %' if spot_checks else 'no':>10}  {len(chosen):>4}  "
+                    f"{'pass' if outcome.passes else 'fail':>4}  "
+                    f"{100 * (1 - errors / len(unseen_y)):>8.2f} %  {errors:>6}  "
+                    f"{100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %  "
+                    f"{100 * mnist_acc:>8.2f} %  {seconds:>7.0f}  "
+                    f"({100 * (1 - candidate_errors / len(unseen_y)):.2f} %, {candidate_errors}; "
+                    f"MNIST {100 * outcome.after_mnist:.2f} %)",
+                    flush=True,
                 )
-                continue
-            hold = learn.hold_mask([f"usps-{i}" for i in chosen])
-            head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
-            candidate_errors = int((head.logits(unseen_x).argmax(1) != unseen_y).sum())
-            candidate_acc = 1 - candidate_errors / len(unseen_y)
-            mnist_acc = outcome.after_mnist
-            if not outcome.passes:
-                head, mnist_acc = base, outcome.before_mnist
-            p = calibration.softmax(head.logits(unseen_x))
-            errors = int((p.argmax(1) != unseen_y).sum())
-            print(
-                f"{row}  {'pass' if outcome.passes else 'fail':>4}  "
-                f"{100 * (p.argmax(1) == unseen_y).mean():>8.2f} %  {errors:>6}  "
-                f"{100 * (p.max(1) < MIN_CONFIDENCE).mean():>10.2f} %  "
-                f"{100 * mnist_acc:>8.2f} %  ({100 * candidate_acc:.2f} %, {candidate_errors}; "
-                f"MNIST {100 * outcome.after_mnist:.2f} %)"
-            )
+                if len(chosen) < n:
+                    break  # every correction the first part offers: the last line
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -107,7 +107,6 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
     return torture.write_config(root, **merged)
 
 
-
 def threads_left(
     before: set[threading.Thread], ignore: Callable[[threading.Thread], bool] = lambda t: False
 ) -> list[threading.Thread]:
@@ -119,6 +118,7 @@ def threads_left(
         if thread.is_alive() and not ignore(thread):
             leaked.append(thread)
     return leaked
+
 
 @dataclass(frozen=True)
 class Folders(Paths):
@@ -290,3 +290,48 @@ def unsure_in_review(
     with report.Report(report.path_for(folders.reports, date(2026, 1, 1))) as r:
         r.append(report.encode_line(row) for row in rows)
     return cfg_path, folders
+
+
+# --- Models of other shapes.
+
+
+def ensemble_model(path: Path, width: int = 128, temperature: float = 0.5) -> None:
+    """Two members (Flatten, Gemm, Relu each) whose features are concatenated (2 x `width`)
+    into the last Gemm, then Div(temperature) and Softmax: the shape of a two-model ensemble."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"])]
+    weights = []
+    for m in ("a", "b"):
+        nodes += [
+            helper.make_node("Gemm", ["flat", f"{m}W", f"{m}B"], [f"{m}z"], transB=1),
+            helper.make_node("Relu", [f"{m}z"], [f"{m}f"]),
+        ]
+        weights += [
+            numpy_helper.from_array(rng.normal(0, 0.05, (width, 784)).astype(np.float32), f"{m}W"),
+            numpy_helper.from_array(np.zeros(width, np.float32), f"{m}B"),
+        ]
+    nodes += [
+        helper.make_node("Concat", ["af", "bf"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "W", "B"], ["logits"], transB=1),
+        helper.make_node("Div", ["logits", "T"], ["cooled"]),
+        helper.make_node("Softmax", ["cooled"], ["probs"], axis=1),
+    ]
+    weights += [
+        numpy_helper.from_array(rng.normal(0, 0.1, (10, 2 * width)).astype(np.float32), "W"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "B"),
+        numpy_helper.from_array(np.array(temperature, np.float32), "T"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ensemble",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))

@@ -15,7 +15,15 @@ from digit_inbox.daemon import config, learn
 from digit_inbox.daemon.classifier import Classifier, embedded_model
 from digit_inbox.daemon.cli import main
 from digit_inbox.daemon.corrections import Corrector, Sample
-from tests.helpers import Folders, digit_png, drop, mnist_test_digits, wait_until, write_config
+from tests.helpers import (
+    Folders,
+    digit_png,
+    drop,
+    ensemble_model,
+    mnist_test_digits,
+    wait_until,
+    write_config,
+)
 
 
 def tempered_model(path, temperature: float = 2.0) -> np.ndarray:
@@ -59,6 +67,21 @@ def test_the_last_gemm_is_found_by_its_place_and_what_follows_it_is_kept(tmp_pat
     expected = np.exp(np.arange(10) / 2.0)  # the new bias, still divided by the temperature
     assert np.allclose(probs, expected / expected.sum(), atol=1e-6)
     assert Classifier(candidate).model_id == "adapted-test"
+
+
+def test_an_ensembles_last_gemm_reads_its_concatenated_features(tmp_path):
+    path = tmp_path / "ensemble.onnx"
+    ensemble_model(path, width=128, temperature=0.5)
+    surgery = learn.Surgery(path)
+    assert surgery.head.weight.shape == (10, 256) and surgery.head.temperature == 0.5
+    images, _ = mnist_test_digits()
+    x = learn.features(surgery.feature_session, images[:16] / 255.0)
+    assert x.shape == (16, 256)
+    z = surgery.head.logits(x)
+    mine = np.exp(z - z.max(1, keepdims=True))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs = session.run(["probs"], {"image": (images[:16] / 255.0).astype(np.float32)[:, None]})[0]
+    assert np.allclose(mine / mine.sum(1, keepdims=True), probs, atol=1e-5)
 
 
 def test_the_shipped_models_features_give_its_own_probabilities():
