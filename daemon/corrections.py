@@ -157,7 +157,7 @@ class Corrector(Daemon):
         row = decision_row(previous, path.name, sha256, digits)
         # The model learns from each digit of a page with as many marks as the person read
         # digits; other decisions are recorded too.
-        images = preprocess.marks_of(prepared, len(digits))
+        images = preprocess.marks_of(prepared.images, prepared.slots, len(digits))
         return self.file_decision(path, row, previous, images)
 
     def file_decision(

@@ -1162,13 +1162,15 @@ def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
     return len(slots) == 1 and len(slots[0]) == 1
 
 
-def marks_of(prepared: Prepared, count: int) -> np.ndarray | None:
-    """One 28x28 per digit when the page holds `count` marks (a number's digits, each its own
-    mark, read whole), in reading order; None otherwise: then which ink is which digit is not
-    known, and a person's reading of the page cannot label it."""
-    if count < 1 or len(prepared.slots) != count:
+def marks_of(
+    images: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]], count: int
+) -> np.ndarray | None:
+    """One 28x28 of `images` per digit when the page holds `count` marks (a number's digits,
+    each its own mark, read whole), in reading order; None otherwise: then which ink is which
+    digit is not known, and a person's reading of the page cannot label it."""
+    if count < 1 or len(slots) != count:
         return None
-    return prepared.images[[slot[0][0] for slot in prepared.slots]]
+    return images[[slot[0][0] for slot in slots]]
 
 
 def chosen(labels: np.ndarray, n: int, ids: np.ndarray) -> np.ndarray:
