@@ -1157,8 +1157,8 @@ def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
 
 
 def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
-    """Whether a page was read as one plain mark: one position, offered whole only (what the
-    model learns from, and what a one-digit set is measured on)."""
+    """Whether a page was read as one plain mark: one position, offered whole only (what a
+    one-digit set is measured on; learning takes `marks_of`)."""
     return len(slots) == 1 and len(slots[0]) == 1
 
 
