@@ -74,6 +74,7 @@ class Prepared:
     blank_reason: str = ""
     slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
+    shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
     marks: list[tuple[tuple[int, int, int, int], bool]] = field(default_factory=list)
     # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
@@ -101,6 +102,7 @@ class Reading:
     lines: list[int]  # the line of each position, 0 = top
     dropped: list[tuple[int, int, int, int]]  # boxes of separators, strokes and specks
     plain: bool = False  # the mask held one piece of ink and nothing else: no frame nor line
+    typical: float = 0.0  # the digits' height on a page of several marks (0: one mark)
 
     @property
     def digits(self) -> list[Digit]:
@@ -953,7 +955,7 @@ def read_marks(
             line_of.append(number)
     flagged = {i for i, _ in joined}
     dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
-    return Reading(positions, line_of, dropped)
+    return Reading(positions, line_of, dropped, typical=typical)
 
 
 def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float) -> list[int]:
@@ -1156,6 +1158,13 @@ def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
     return [cuts]
 
 
+def aspect(box: tuple[int, int, int, int], typical: float = 0.0) -> float:
+    """Width over height of a box (y0, x0, y1, x1), or over the `typical` digit height where
+    that is taller: a flat 2 in a number is not wide for its line, two digits touching are."""
+    y0, x0, y1, x1 = box
+    return (x1 - x0) / max(y1 - y0, typical, 1)
+
+
 def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
     """Whether a page was read as one plain mark: one position, offered whole only (what a
     one-digit set is measured on; learning takes `marks_of`)."""
@@ -1323,6 +1332,7 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
     if not isinstance(found, Reading):
         return Prepared(NO_IMAGES, found, steps=steps)
     images: list[np.ndarray] = []
+    shapes: list[float] = []
     slots: list[tuple[tuple[int, ...], ...]] = []
     crops = []
     for alternatives in found.positions:
@@ -1333,12 +1343,13 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
                 image, crop = normalise(ink, digit)
                 indices.append(len(images))
                 images.append(image)
+                shapes.append(aspect(digit.box, found.typical))
                 crops.append(crop)
             slot.append(tuple(indices))
         slots.append(tuple(slot))
     if not images:  # every mark's clear ink was cut away: nothing left to read
         return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
-    prepared = Prepared(np.stack(images), "", slots, found.lines, steps)
+    prepared = Prepared(np.stack(images), "", slots, found.lines, shapes, steps)
     if debug:
         mask = np.zeros(ink.shape, bool)
         for digit in found.digits:

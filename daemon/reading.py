@@ -1,8 +1,10 @@
 """From the model's probabilities for a page's candidate images to the number read.
 
 Preprocessing offers, for every position of the string, one or more alternatives (a mark too
-wide for one digit is also offered cut in two or three); the alternative whose digits the
-model is surest of on average (geometric mean of their top probabilities) is read. The string's
+wide for one digit is also offered cut in two or three). A mark is read whole unless its cut
+reads clearly surer (geometric mean of the top probabilities), or the mark is too wide for the
+digit it reads as whole and its cuts read surely (see TOO_WIDE): the model, trained on single
+digits, reads two touching ones squeezed into one image as one digit, often surely. The string's
 confidence is the product of its digits' probabilities: the probability of the whole string if
 the digits are read independently, so one unsure digit makes the whole reading unsure.
 """
@@ -26,6 +28,27 @@ from digit_inbox.daemon.rows import Row, Status
 # fewer touching pairs filed wrong; bench_scans.py and bench_numbers.py, seed 2024).
 SPLIT_MARGIN = 0.07
 TOUCHING_DOUBT = 0.999
+# The model reads two touching digits squeezed into one 28x28 as one digit, often surely: its
+# probabilities alone cannot tell a wide 0 from "00". The mark's shape can: how wide each digit
+# is written, as the mean and spread of log(width / height) of its ink over MNIST's 60,000
+# training digits (ink above 80 of 255). A "1" is narrow; a 0, 2 or 5 may be as wide as tall.
+ASPECT_MEAN = (-0.109, -0.949, -0.074, -0.242, -0.248, -0.077, -0.335, -0.272, -0.289, -0.404)
+ASPECT_SPREAD = (0.201, 0.467, 0.223, 0.215, 0.216, 0.265, 0.220, 0.218, 0.224, 0.207)
+# A mark read whole as a digit it is more than AGREED_WIDE spreads too wide for is cut when
+# AGREED or more of its cuts read the same digits at min_confidence's default or better (two
+# digits side by side read alike wherever the cut falls between them, the halves of one digit
+# do not). One more than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut
+# when only its best cut reads at TOUCHING_DOUBT or better, but goes to review: a very flat 2
+# is sometimes that wide, and one of its cuts reads "22". A mark that may be cut and is more
+# than AGREED_WIDE spreads too wide but read whole goes to review too. At 2.5 and 2.0 the
+# single digits of bench_scans.py lost 0.35 points clean and the crops up to 0.25; at 3.0 and
+# 2.5 they read within 1-2 files of before and touching pairs 8-14 points more often right
+# (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one digit is as wide as
+# many single 0s, 2s and 5s, and is read whole.
+TOO_WIDE = 3.0
+AGREED_WIDE = 2.5
+AGREED = 0.5  # of the cuts
+SURE_CUT = 0.99
 
 
 @dataclass
@@ -48,9 +71,13 @@ def read(
     probs: np.ndarray,
     slots: Sequence[tuple[tuple[int, ...], ...]],
     lines: Sequence[int],
+    shapes: Sequence[float],
     expected: tuple[int, int] | None = None,
 ) -> Read:
-    """The best alternative of every slot (probs: one row per candidate image).
+    """The best alternative of every slot (probs: one row per candidate image; shapes: the
+    width / height of each image's ink). A mark is read whole unless a cut reads clearly
+    better, or the mark is too wide for the digit it reads as whole and its cuts read surely
+    (see TOO_WIDE).
 
     With an expected length, a cut that would read more digits than the most expected is
     neither taken nor a doubt: in a one-digit field a wide mark is one digit."""
@@ -59,24 +86,54 @@ def read(
     doubts: list[int] = []
     top = np.log(np.maximum(probs.max(axis=1), 1e-12)) if len(probs) else np.zeros(0)
     spare = math.inf if expected is None else expected[1] - len(slots)
+    wide = too_wide(probs, shapes)
 
     def score(pieces: tuple[int, ...]) -> float:
         return math.exp(float(np.mean(top[list(pieces)])))
 
     for slot, line in zip(slots, lines, strict=True):
-        whole = score(slot[0])
-        cuts = {k: score(pieces) for k, pieces in enumerate(slot) if 0 < len(pieces) - 1 <= spare}
-        best = max(cuts, key=cuts.__getitem__, default=None)
-        if best is not None and cuts[best] > whole + SPLIT_MARGIN:
-            pieces = slot[best]
-            spare -= len(pieces) - 1
-        else:
-            pieces = slot[0]
-            if best is not None and cuts[best] >= TOUCHING_DOUBT:
+        pieces = slot[0]
+        allowed = [cut for cut in slot[1:] if len(cut) - 1 <= spare]
+        if allowed:
+            whole, cuts = score(slot[0]), [score(cut) for cut in allowed]
+            best = allowed[int(np.argmax(cuts))]
+            sure = max(cuts) ** len(best)  # the cut's probability: the product
+            width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
+            alike = width > AGREED_WIDE and agreed(probs, allowed, best) >= AGREED
+            if max(cuts) > whole + SPLIT_MARGIN or alike:
+                pieces = best
+            elif sure >= TOUCHING_DOUBT and width > TOO_WIDE:
+                pieces = best  # ... but its other cuts disagree: a very wide 2?
                 doubts.append(len(chosen))
+            elif sure >= TOUCHING_DOUBT or width > AGREED_WIDE:
+                doubts.append(len(chosen))
+        spare -= len(pieces) - 1
         chosen += pieces
         line_of += [line] * len(pieces)
     return Read(probs[chosen].reshape(-1, probs.shape[-1]), line_of, chosen, doubts)
+
+
+def agreed(probs: np.ndarray, cuts: Sequence[tuple[int, ...]], best: tuple[int, ...]) -> float:
+    """The share of `cuts` that read the digits of `best` with a probability (the product) of
+    SURE_CUT or better."""
+    want = probs[list(best)].argmax(axis=1).tolist()
+    same = [
+        len(pieces) == len(best)
+        and probs[list(pieces)].argmax(axis=1).tolist() == want
+        and float(np.prod(probs[list(pieces)].max(axis=1))) >= SURE_CUT
+        for pieces in cuts
+    ]
+    return sum(same) / len(cuts)
+
+
+def too_wide(probs: np.ndarray, shapes: Sequence[float]) -> np.ndarray:
+    """Per candidate image, how many spreads wider its ink is than the digit it reads as is
+    written on average (log width / height; negative: narrower)."""
+    if not len(probs):
+        return np.zeros(0)
+    digit = probs.argmax(axis=1)
+    ratio = np.log(np.maximum(np.asarray(shapes, float), 1e-3))
+    return (ratio - np.array(ASPECT_MEAN)[digit]) / np.array(ASPECT_SPREAD)[digit]
 
 
 def text(digits: Sequence[int], lines: Sequence[int]) -> str:

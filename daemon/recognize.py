@@ -60,6 +60,7 @@ class Prepared:
     ms: float = 0.0
     slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)  # see preprocess
     lines: list[int] = field(default_factory=list)
+    shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
     debug_path: Path | None = None
 
@@ -95,6 +96,7 @@ def prepare_file(
         ms=elapsed_ms(start),
         slots=prepared.slots,
         lines=prepared.lines,
+        shapes=prepared.shapes,
         debug=prepared if debug_path is not None else None,
         debug_path=debug_path,
     )
@@ -127,7 +129,7 @@ def write_strip(
         path.parent.mkdir(parents=True, exist_ok=True)
         read = None
         if len(probs):
-            read = reading.read(probs, prepared.slots, prepared.lines, expected)
+            read = reading.read(probs, prepared.slots, prepared.lines, prepared.shapes, expected)
         digits = []
         if read is not None:
             for k, (i, p) in enumerate(zip(read.images, read.probs, strict=True)):
@@ -379,7 +381,7 @@ class Reader:
             ms=p.ms + ms,
         )
         if p.status is None and p.slots:
-            read = reading.read(probs, p.slots, p.lines, self.digits)
+            read = reading.read(probs, p.slots, p.lines, p.shapes, self.digits)
             reading.fill(row, read, self.min_confidence, self.digits)
         return row
 

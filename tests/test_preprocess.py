@@ -412,6 +412,12 @@ def test_two_lines_come_out_top_line_first():
     assert shapes == [True, False, False, True, True]
 
 
+def test_a_marks_width_is_measured_against_its_lines_digit_height_where_that_is_taller():
+    assert preprocess.aspect((10, 0, 30, 30)) == 1.5  # y0, x0, y1, x1: as wide as 1.5 heights
+    assert preprocess.aspect((10, 0, 30, 30), typical=30) == 1.0  # a flat mark in a line
+    assert preprocess.aspect((10, 0, 30, 30), typical=10) == 1.5
+
+
 def test_a_touching_pair_is_offered_cut_in_two():
     def pair(draw: ImageDraw.ImageDraw) -> None:
         zero(draw, 40, 50, 80, 8)

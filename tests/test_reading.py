@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
-from digit_inbox.daemon import reading
+from digit_inbox.daemon import preprocess, reading
+from digit_inbox.daemon.classifier import Classifier
 from digit_inbox.daemon.rows import Row, Status
 
 
@@ -22,7 +24,7 @@ def sure(digit: int, p: float, second: int | None = None) -> np.ndarray:
 def row_of(probs: list[np.ndarray], lines: list[int], **kw) -> Row:
     slots = [((i,),) for i in range(len(probs))]
     row = Row("a.png", Status.OK)
-    found = reading.read(np.array(probs), slots, lines)
+    found = reading.read(np.array(probs), slots, lines, [0.7] * len(probs))
     reading.fill(row, found, kw.get("min_confidence", 0.6), kw.get("expected"))
     return row
 
@@ -60,30 +62,72 @@ def test_a_reading_of_another_length_goes_to_review(expected, note):
     assert row.status is Status.LOW_CONFIDENCE and note in row.note
 
 
+def cut(whole: np.ndarray, left: np.ndarray, right: np.ndarray, width: float) -> reading.Read:
+    """A mark `width` times as wide as tall, read whole and cut into two halves."""
+    probs = np.array([whole, left, right])
+    return reading.read(probs, [((0,), (1, 2))], [0], [width, width / 2, width / 2])
+
+
 def test_a_cut_must_read_clearly_better_than_the_whole_mark():
-    whole, left, right = sure(0, 0.95), sure(6, 0.9995), sure(7, 0.9993)
-    found = reading.read(np.array([whole, left, right]), [((0,), (1, 2))], [0])
+    whole, left, right = sure(0, 0.95), sure(6, 0.9998), sure(7, 0.9997)
+    found = cut(whole, left, right, 1.2)
     assert found.digits == [0]  # a wide 0 is not "67"
     assert found.doubts == [0]  # ... but it may be two digits touching: review
     left, right = sure(6, 0.99), sure(7, 0.98)
-    found = reading.read(np.array([whole, left, right]), [((0,), (1, 2))], [0])
+    found = cut(whole, left, right, 1.2)
     assert found.digits == [0] and found.doubts == []  # halves of one digit read less surely
-    whole = sure(0, 0.55)
-    found = reading.read(np.array([whole, left, right]), [((0,), (1, 2))], [0])
+    found = cut(sure(0, 0.55), left, right, 1.2)
     assert found.digits == [6, 7] and found.lines == [0, 0] and found.doubts == []
 
 
 def test_a_field_of_known_length_takes_no_cut_that_would_read_more_digits():
     whole, left, right = sure(0, 0.55), sure(6, 0.9995), sure(7, 0.9993)
     probs, slots = np.array([whole, left, right]), [((0,), (1, 2))]
-    assert reading.read(probs, slots, [0], expected=(1, 1)).digits == [0]
-    assert reading.read(probs, slots, [0], expected=(1, 1)).doubts == []
-    assert reading.read(probs, slots, [0], expected=(1, 2)).digits == [6, 7]
+    assert reading.read(probs, slots, [0], [0.7] * 3, expected=(1, 1)).digits == [0]
+    assert reading.read(probs, slots, [0], [0.7] * 3, expected=(1, 1)).doubts == []
+    assert reading.read(probs, slots, [0], [0.7] * 3, expected=(1, 2)).digits == [6, 7]
     # Two marks in a two-digit field: neither may be cut; in a 2-3 field only one of them.
     probs = np.array([whole, left, right, whole, left, right])
     slots = [((0,), (1, 2)), ((3,), (4, 5))]
-    assert reading.read(probs, slots, [0, 0], expected=(2, 2)).digits == [0, 0]
-    assert reading.read(probs, slots, [0, 0], expected=(2, 3)).digits == [6, 7, 0]
+    assert reading.read(probs, slots, [0, 0], [0.7] * 6, expected=(2, 2)).digits == [0, 0]
+    assert reading.read(probs, slots, [0, 0], [0.7] * 6, expected=(2, 3)).digits == [6, 7, 0]
+
+
+def test_a_mark_far_too_wide_for_the_digit_it_reads_as_is_cut_when_the_cut_reads_surely():
+    seven, left, right = sure(7, 0.9999), sure(7, 0.9998), sure(4, 0.9997)
+    found = cut(seven, left, right, 1.6)  # no 7 is written that wide
+    assert found.digits == [7, 4] and found.doubts == []  # its one cut agrees with itself
+    assert cut(seven, left, right, 0.8).digits == [7]  # a 7 of usual width stays whole
+    zero = sure(0, 0.9999)
+    assert cut(zero, sure(1, 0.9998), sure(1, 0.9997), 1.3).digits == [0]  # a wide 0 is usual
+
+
+def test_a_very_wide_mark_whose_cuts_disagree_is_read_cut_but_sent_to_review():
+    two = sure(2, 0.9999)
+    halves = [sure(2, 0.9998), sure(2, 0.9998), sure(0, 0.97), sure(2, 0.97), sure(2, 0.9)]
+    probs = np.array([two, *halves, sure(6, 0.9)])
+    found = reading.read(probs, [((0,), (1, 2), (3, 4), (5, 6))], [0], [2.0] + [0.8] * 6)
+    assert found.digits == [2, 2] and found.doubts == [0]  # a flat 2, or "22"?
+
+
+def test_a_wide_mark_is_cut_where_its_cuts_agree_and_sent_to_review_where_they_do_not():
+    seven = sure(7, 0.9999)
+    agreeing = [sure(7, 0.999), sure(4, 0.999)] * 3
+    disagreeing = [sure(7, 0.999), sure(4, 0.999), sure(1, 0.999), sure(1, 0.999)] + [
+        sure(1, 0.9)
+    ] * 2
+    slot = ((0,), (1, 2), (3, 4), (5, 6))
+    for pieces, digits, doubts in ((agreeing, [7, 4], []), (disagreeing, [7], [0])):
+        probs = np.array([seven, *pieces])
+        found = reading.read(probs, [slot], [0], [1.4] + [0.6] * 6)  # a 7 this wide is rare
+        assert (found.digits, found.doubts) == (digits, doubts)
+
+
+def test_a_mark_too_wide_for_its_digit_goes_to_review_even_when_no_cut_reads_well():
+    found = cut(sure(7, 0.9999), sure(7, 0.6), sure(4, 0.7), 1.4)
+    assert found.digits == [7] and found.doubts == [0]
+    found = cut(sure(7, 0.9999), sure(7, 0.6), sure(4, 0.7), 0.8)
+    assert found.digits == [7] and found.doubts == []
 
 
 @pytest.mark.parametrize("value", ["auto", "AUTO"])
@@ -100,3 +144,19 @@ def test_an_expected_length_is_a_number_or_a_range(value, expected):
 def test_anything_else_is_refused_with_what_is_accepted(value):
     with pytest.raises(ValueError, match="must be"):
         reading.parse_expected(value)
+
+
+def read_page(*ellipses: tuple[int, int, int, int]) -> reading.Read:
+    """A page with rings drawn in ink (x0, y0, x1, y1), read by the shipped model."""
+    image = Image.new("L", (260, 200), 245)
+    for box in ellipses:
+        ImageDraw.Draw(image).ellipse(box, outline=20, width=8)
+    prepared = preprocess.prepare(np.asarray(image))
+    probs = Classifier().predict(prepared.images)
+    return reading.read(probs, prepared.slots, prepared.lines, prepared.shapes)
+
+
+def test_two_touching_zeros_are_read_as_two_and_one_wide_zero_as_one():
+    assert read_page((40, 50, 92, 130), (88, 50, 140, 130)).digits == [0, 0]
+    wide = read_page((40, 50, 140, 130))
+    assert wide.digits == [0] and wide.doubts == []
