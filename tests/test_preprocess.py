@@ -515,7 +515,8 @@ def reading_of(page: Image.Image, classifier: Classifier, spare: bool) -> str:
     prepared = preprocess.prepare(page, spare=spare)
     if not prepared.slots:
         return f"blank: {prepared.blank_reason}"
-    found = reading.read(classifier.predict(prepared.images), prepared.slots, prepared.lines)
+    probs = classifier.predict(prepared.images)
+    found = reading.read(probs, prepared.slots, prepared.lines, prepared.shapes)
     return reading.text(found.digits, found.lines)
 
 
