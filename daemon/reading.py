@@ -38,9 +38,11 @@ ASPECT_SPREAD = (0.201, 0.467, 0.223, 0.215, 0.216, 0.265, 0.220, 0.218, 0.224, 
 # AGREED or more of its cuts read the same digits at min_confidence's default or better (two
 # digits side by side read alike wherever the cut falls between them, the halves of one digit
 # do not). One more than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut
-# when only its best cut reads at TOUCHING_DOUBT or better, but goes to review: a very flat 2
-# is sometimes that wide, and one of its cuts reads "22". A mark that may be cut and is more
-# than AGREED_WIDE spreads too wide but read whole goes to review too. At 2.5 and 2.0 the
+# when only its best cut reads at TOUCHING_DOUBT or better. A mark cut for its width alone
+# always goes to review: a very flat 2 is sometimes that wide and reads "22", a wide 0 "67"
+# (in 4,000 single digits two were cut so, and filed `ok` they would be silent misreads). A
+# mark that may be cut and is more than AGREED_WIDE spreads too wide but read whole goes to
+# review too. At 2.5 and 2.0 the
 # single digits of bench_scans.py lost 0.35 points clean and the crops up to 0.25; at 3.0 and
 # 2.5 they read within 1-2 files of before and touching pairs 8-14 points more often right
 # (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one digit is as wide as
@@ -100,11 +102,11 @@ def read(
             sure = max(cuts) ** len(best)  # the cut's probability: the product
             width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
             alike = width > AGREED_WIDE and agreed(probs, allowed, best) >= AGREED
-            if max(cuts) > whole + SPLIT_MARGIN or alike:
+            if max(cuts) > whole + SPLIT_MARGIN:
                 pieces = best
-            elif sure >= TOUCHING_DOUBT and width > TOO_WIDE:
-                pieces = best  # ... but its other cuts disagree: a very wide 2?
-                doubts.append(len(chosen))
+            elif alike or (sure >= TOUCHING_DOUBT and width > TOO_WIDE):
+                pieces = best  # cut for its width alone: a wide 0 may read "67", so a person
+                doubts.append(len(chosen))  # confirms it
             elif sure >= TOUCHING_DOUBT or width > AGREED_WIDE:
                 doubts.append(len(chosen))
         spare -= len(pieces) - 1
