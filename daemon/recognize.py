@@ -119,20 +119,14 @@ def elapsed_ms(start: float) -> float:
 
 
 def write_strip(
-    path: Path,
-    prepared: preprocess.Prepared,
-    row: Row,
-    probs: np.ndarray,
-    expected: tuple[int, int] | None,
+    path: Path, prepared: preprocess.Prepared, row: Row, found: reading.Read | None
 ) -> None:
+    """The debug strip of a page with the digits the row was read from (`found`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        read = None
-        if len(probs):
-            read = reading.read(probs, prepared.slots, prepared.lines, prepared.shapes, expected)
         digits = []
-        if read is not None:
-            for k, (i, p) in enumerate(zip(read.images, read.probs, strict=True)):
+        if found is not None:
+            for k, (i, p) in enumerate(zip(found.images, found.probs, strict=True)):
                 digits.append((prepared.images[i], f"{k + 1}: {int(p.argmax())} {p.max():.2f}"))
         picture = preprocess.strip(prepared.steps, result(row), prepared.marks, digits)
         Image.fromarray(picture).save(path)
@@ -362,13 +356,20 @@ class Reader:
         for name, prepared in batch:
             mine = probs[k : k + len(prepared.images)]
             k += len(prepared.images)
-            row = self._row(name, prepared, mine, share * len(mine))
+            found = self._read(prepared, mine)
+            row = self._row(name, prepared, found, share * len(mine))
             if prepared.debug is not None and prepared.debug_path is not None:
-                write_strip(prepared.debug_path, prepared.debug, row, mine, self.digits)
+                write_strip(prepared.debug_path, prepared.debug, row, found)
             rows.append(row)
         return rows
 
-    def _row(self, name: str, p: Prepared, probs: np.ndarray, ms: float) -> Row:
+    def _read(self, p: Prepared, probs: np.ndarray) -> reading.Read | None:
+        """The number on a page with marks, read once for its row and its debug strip."""
+        if p.status is not None or not p.slots:
+            return None
+        return reading.read(probs, p.slots, p.lines, p.shapes, self.digits)
+
+    def _row(self, name: str, p: Prepared, found: reading.Read | None, ms: float) -> Row:
         row = Row(
             file=name,
             status=p.status or Status.OK,
@@ -380,9 +381,8 @@ class Reader:
             model=self.model_id,
             ms=p.ms + ms,
         )
-        if p.status is None and p.slots:
-            read = reading.read(probs, p.slots, p.lines, p.shapes, self.digits)
-            reading.fill(row, read, self.min_confidence, self.digits)
+        if found is not None:
+            reading.fill(row, found, self.min_confidence, self.digits)
         return row
 
 
