@@ -76,7 +76,7 @@ class Prepared:
     lines: list[int] = field(default_factory=list)
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
-    marks: list[tuple[tuple[int, int, int, int], bool]] = field(default_factory=list)
+    marks: list[tuple[Box, bool]] = field(default_factory=list)
     # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
 
     @property
@@ -88,7 +88,7 @@ class Prepared:
 @dataclass
 class Digit:
     mask: np.ndarray  # bool, the digit's ink after lines and specks were removed
-    box: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive) of the digit's ink
+    box: Box  # y0, x0, y1, x1 (exclusive) of the digit's ink
     threshold: float
 
 
@@ -100,7 +100,7 @@ class Reading:
     # digit; a mark too wide for one digit is also offered cut into two or three pieces).
     positions: list[list[list[Digit]]]
     lines: list[int]  # the line of each position, 0 = top
-    dropped: list[tuple[int, int, int, int]]  # boxes of separators, strokes and specks
+    dropped: list[Box]  # boxes of separators, strokes and specks
     plain: bool = False  # the mask held one piece of ink and nothing else: no frame nor line
     typical: float = 0.0  # the digits' height on a page of several marks (0: one mark)
 
@@ -109,7 +109,7 @@ class Reading:
         return [d for alternatives in self.positions for pieces in alternatives for d in pieces]
 
     @property
-    def box(self) -> tuple[int, int, int, int]:
+    def box(self) -> Box:
         """The box around every digit."""
         boxes = np.array([d.box for d in self.digits])
         return (
@@ -1072,7 +1072,7 @@ def one_column(lines: list[list[int]], boxes: np.ndarray) -> bool:
     return bool(x0.max() < x1.min())
 
 
-def as_box(row: np.ndarray) -> tuple[int, int, int, int]:
+def as_box(row: np.ndarray) -> Box:
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
@@ -1158,17 +1158,11 @@ def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
     return [cuts]
 
 
-def aspect(box: tuple[int, int, int, int], typical: float = 0.0) -> float:
+def aspect(box: Box, typical: float = 0.0) -> float:
     """Width over height of a box (y0, x0, y1, x1), or over the `typical` digit height where
     that is taller: a flat 2 in a number is not wide for its line, two digits touching are."""
     y0, x0, y1, x1 = box
     return (x1 - x0) / max(y1 - y0, typical, 1)
-
-
-def one_mark(slots: Sequence[tuple[tuple[int, ...], ...]]) -> bool:
-    """Whether a page was read as one plain mark: one position, offered whole only (what a
-    one-digit set is measured on; learning takes `marks_of`)."""
-    return len(slots) == 1 and len(slots[0]) == 1
 
 
 def marks_of(
@@ -1230,21 +1224,17 @@ def noise_floor(ink: np.ndarray) -> float:
     return quantile(ink[::2, ::2], 0.25) + NOISE_SIGMAS * noise
 
 
-def quantile(a: np.ndarray, q: float) -> float:
-    """The q-quantile of an array (nearest rank), by one partition: np.quantile sorts."""
+def quantile(a: np.ndarray, q: float, interpolate: bool = False) -> float:
+    """The q-quantile of an array by one partition (np.quantile sorts, twenty times slower on a
+    digit's few thousand pixels): the nearest rank below, or with `interpolate` the value
+    np.quantile gives (linear interpolation between the two ranks around it)."""
     values = a.ravel()
     if values.size == 0:
         return math.nan
-    k = int(q * (values.size - 1))
-    return float(np.partition(values, k)[k])
-
-
-def percentile(a: np.ndarray, q: float) -> float:
-    """np.percentile(a, 100 * q) (linear interpolation), the same value from one partition:
-    np.percentile costs twenty times as much on a digit's few thousand pixels."""
-    values = a.ravel()
     index = q * (values.size - 1)
     lo = math.floor(index)
+    if not interpolate:
+        return float(np.partition(values, lo)[lo])
     hi = min(lo + 1, values.size - 1)
     part = np.partition(values, [lo, hi] if hi > lo else lo)
     below, above, t = part[lo], part[hi], index - lo
@@ -1264,7 +1254,7 @@ def normalise(ink: np.ndarray, digit: Digit) -> tuple[np.ndarray, np.ndarray]:
     near = neighbourhood(digit.mask[around], np.logical_or)
     crop = np.where(near, ink[around], 0)[y0 - ay : y1 - ay, x0 - ax : x1 - ax]
     core = ink[digit.mask]
-    level = max(percentile(core, 0.9), digit.threshold, 1e-3)
+    level = max(quantile(core, 0.9, interpolate=True), digit.threshold, 1e-3)
     crop = np.clip(crop / level, 0, 1).astype(np.float32)
 
     # No stroke-width normalisation: thickening fine pens and thinning markers measured no
