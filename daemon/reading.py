@@ -42,11 +42,10 @@ ASPECT_SPREAD = (0.201, 0.467, 0.223, 0.215, 0.216, 0.265, 0.220, 0.218, 0.224, 
 # always goes to review: a very flat 2 is sometimes that wide and reads "22", a wide 0 "67"
 # (in 4,000 single digits two were cut so, and filed `ok` they would be silent misreads). A
 # mark that may be cut and is more than AGREED_WIDE spreads too wide but read whole goes to
-# review too. At 2.5 and 2.0 the
-# single digits of bench_scans.py lost 0.35 points clean and the crops up to 0.25; at 3.0 and
-# 2.5 they read within 1-2 files of before and touching pairs 8-14 points more often right
-# (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one digit is as wide as
-# many single 0s, 2s and 5s, and is read whole.
+# review too. At 2.5 and 2.0 the single digits of bench_scans.py lost 0.35 points clean and the
+# crops up to 0.25; at 3.0 and 2.5 they read within 1-2 files of before and touching pairs 8-14
+# points more often right (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one
+# digit is as wide as many single 0s, 2s and 5s, and is read whole.
 TOO_WIDE = 3.0
 AGREED_WIDE = 2.5
 AGREED = 0.5  # of the cuts
