@@ -49,6 +49,12 @@ def fit_temperature(
     return float(np.exp((a + b) / 2))
 
 
+def fit(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(the temperature fitted on these logits, the calibration error it leaves on them)."""
+    temperature = fit_temperature(logits, labels)
+    return temperature, expected_calibration_error(softmax(logits / temperature), labels)
+
+
 def logits_from_probs(probs: np.ndarray) -> np.ndarray:
     """Log-probabilities: logits up to a per-row constant, which softmax ignores."""
     return np.asarray(np.log(np.clip(probs, 1e-30, None)))

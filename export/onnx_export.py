@@ -88,7 +88,9 @@ class Ensemble(nn.Module):
         return self.head(torch.cat([trunk(x) for trunk in self.trunks], 1))
 
 
-def average(checkpoints: list[dict[str, Any]], data_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+def average(
+    checkpoints: list[dict[str, Any]], data_dir: Path, test: mnist.Split
+) -> tuple[nn.Module, dict[str, Any]]:
     """The members as one `Ensemble`, with its temperature fitted and its accuracy measured on
     the validation split they all held out (so they must share the seed that drew it)."""
     seeds = {c["seed"] for c in checkpoints}
@@ -107,15 +109,12 @@ def average(checkpoints: list[dict[str, Any]], data_dir: Path) -> tuple[nn.Modul
     val_idx, _ = train.split_indices(len(split.labels), seeds.pop())
     logits = train.logits_of(model, train.to_tensor(split.images[val_idx], "cpu")).numpy()
     labels = split.labels[val_idx].astype(np.int64)
-    temperature = calibration.fit_temperature(logits, labels)
-    test = mnist.load_split(data_dir, "test")
+    temperature, val_ece = calibration.fit(logits, labels)
     test_logits = train.logits_of(model, train.to_tensor(test.images, "cpu")).numpy()
     return model, {
         "arch": "+".join(c["arch"] for c in checkpoints),
         "temperature": temperature,
-        "val_ece": calibration.expected_calibration_error(
-            calibration.softmax(logits / temperature), labels
-        ),
+        "val_ece": val_ece,
         "val_accuracy": float((logits.argmax(1) == labels).mean()),
         "test_accuracy": float((test_logits.argmax(1) == test.labels).mean()),
         "train_data_md5": fingerprints.pop(),
@@ -127,15 +126,15 @@ def export(checkpoint_paths: list[Path], output: Path, data_dir: Path) -> dict[s
 
     Several checkpoints are averaged into one model (`Ensemble`)."""
     checkpoints = [load_checkpoint(path) for path in checkpoint_paths]
+    test = mnist.load_split(data_dir, "test")
     if len(checkpoints) == 1:
         checkpoint = checkpoints[0]
         logits = train.build(checkpoint["arch"], checkpoint["state_dict"])
     else:
-        logits, checkpoint = average(checkpoints, data_dir)
+        logits, checkpoint = average(checkpoints, data_dir, test)
     temperature = float(checkpoint.get("temperature", 1.0))
     model = nn.Sequential(logits, Temperature(temperature), nn.Softmax(1))
     model.eval()
-    test = mnist.load_split(data_dir, "test")
     images = train.to_tensor(test.images[:PARITY_IMAGES], "cpu")
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -202,14 +201,14 @@ def calibrate(model_path: Path, output: Path, data_dir: Path, seed: int = 1) -> 
     it refitted in place. Returns the temperature now in the graph.
     """
     from digit_inbox.daemon.classifier import Classifier
-    from digit_inbox.export import calibration, evaluate
+    from digit_inbox.export import evaluate
 
     classifier = Classifier(model_path)
     split = mnist.load_split(data_dir, "train")
     val_idx, _ = train.split_indices(len(split.labels), seed)
     probs = evaluate.run(classifier, split.images[val_idx], split.labels[val_idx]).probs
     labels = split.labels[val_idx].astype(np.int64)
-    extra = calibration.fit_temperature(calibration.logits_from_probs(probs), labels)
+    extra, ece = calibration.fit(calibration.logits_from_probs(probs), labels)
 
     graph = onnx.load(str(model_path))
     softmax = next((n for n in graph.graph.node if n.op_type == "Softmax"), None)
@@ -234,14 +233,11 @@ def calibrate(model_path: Path, output: Path, data_dir: Path, seed: int = 1) -> 
         softmax.input[0] = name + "_scaled"
         graph.graph.node.insert(list(graph.graph.node).index(softmax), div)
     temperature = old * extra
-    calibrated = calibration.softmax(calibration.logits_from_probs(probs) / extra)
     meta = {p.key: p.value for p in graph.metadata_props}
     digest = hashlib.sha256(graph.graph.SerializeToString()).hexdigest()[:12]
     meta[contract.META_MODEL_ID] = f"{meta.get(contract.META_ARCH, 'model')}-{digest}"
     meta[contract.META_TEMPERATURE] = f"{temperature:.4f}"
-    meta[contract.META_VAL_ECE] = (
-        f"{calibration.expected_calibration_error(calibrated, labels):.4f}"
-    )
+    meta[contract.META_VAL_ECE] = f"{ece:.4f}"
     del graph.metadata_props[:]
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)

@@ -302,10 +302,7 @@ def train(
              val_acc, test_acc)  # fmt: skip
     # Confidence should be the probability of being right: one temperature, fitted on validation.
     val_logits, val_labels = logits_of(model, x_val).cpu().numpy(), y_val.cpu().numpy()
-    temperature = calibration.fit_temperature(val_logits, val_labels)
-    val_ece = calibration.expected_calibration_error(
-        calibration.softmax(val_logits / temperature), val_labels
-    )
+    temperature, val_ece = calibration.fit(val_logits, val_labels)
     log.info("temperature %.3f  validation ECE %.4f", temperature, val_ece)
     result = {
         "arch": arch,
