@@ -118,16 +118,11 @@ class Surgery:
         """An onnxruntime session whose outputs are the features and the probabilities (built
         once per model: a benchmark adapts one model many times)."""
         import onnx
-        import onnxruntime as ort
 
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         model.graph.output.append(onnx.ValueInfoProto(name=self.features_name))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        return session(model.SerializeToString())
 
     def mnist_features(self, mnist_dir: Path, replay: int) -> tuple[np.ndarray, ...]:
         """Features and labels of `replay` MNIST training images and of MNIST test (computed
@@ -182,7 +177,17 @@ class Surgery:
         return bytes(model.SerializeToString())
 
 
+def session(model: bytes) -> Any:
+    """A quiet onnxruntime session on the CPU for a serialised model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def features(session: Any, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """The session's last output for `images`, in batches (float64 [N, width])."""
     x = np.asarray(images, np.float32).reshape(-1, 1, contract.IMAGE_SIZE, contract.IMAGE_SIZE)
     out = [
         session.run([session.get_outputs()[-1].name], {contract.INPUT_NAME: x[i : i + batch]})[0]
