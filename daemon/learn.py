@@ -40,7 +40,8 @@ MAX_MNIST_DROP = 0.001  # 0.1 points of MNIST test accuracy
 REPLAY = 10_000  # MNIST training images replayed beside the decisions
 STEPS = 300
 L2 = 1e-3  # pull toward the current weights
-DECISION_WEIGHT = 0.2  # the decisions' share of the loss; MNIST replay has the rest
+DECISION_WORTH = 100  # replay images one decision weighs as much as (see `decision_share`)
+MAX_DECISION_SHARE = 0.5  # MNIST replay keeps at least half the loss, so nothing is forgotten
 
 
 @dataclass
@@ -287,6 +288,15 @@ class Outcome:
         return self.better_held and self.after_mnist >= self.before_mnist - MAX_MNIST_DROP
 
 
+def decision_share(decisions: int, replay: int) -> float:
+    """The decisions' share of the loss (MNIST replay has the rest). It grows with their number:
+    each weighs as much as `DECISION_WORTH` replay images (the office's own handwriting, judged by
+    its own reviewer), so a reviewer's correction is not diluted by the confirmations recorded
+    beside it (a fixed share of a mean would be), up to `MAX_DECISION_SHARE`."""
+    worth = DECISION_WORTH * decisions
+    return min(MAX_DECISION_SHARE, worth / (worth + replay)) if decisions else 0.0
+
+
 def adapt(
     surgery: Surgery,
     images: np.ndarray,
@@ -301,13 +311,8 @@ def adapt(
     x = features(session, images)
     replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
     start = surgery.head
-    head = fit(
-        start,
-        [
-            (x[~hold], labels[~hold], DECISION_WEIGHT),
-            (replay_x, replay_y, 1 - DECISION_WEIGHT),
-        ],
-    )
+    share = decision_share(int((~hold).sum()), len(replay_y))
+    head = fit(start, [(x[~hold], labels[~hold], share), (replay_x, replay_y, 1 - share)])
     outcome = Outcome(
         start.accuracy(x[hold], labels[hold]),
         head.accuracy(x[hold], labels[hold]),

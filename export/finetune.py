@@ -7,7 +7,8 @@ torch's own function, so the candidate is the same graph with new weights, whate
 architecture (an ensemble's concatenated features too), with its temperature and softmax kept,
 and without an export step. Training is `train.train_epoch` (the shipped model's augmentation)
 on MNIST training images replayed beside the decisions, which are repeated to make
-`DECISION_SHARE` of the batches; the candidate is judged by `learn`'s own gate.
+`learn.decision_share` of the batches (as of the numpy loss); the candidate is judged by
+`learn`'s own gate.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from digit_inbox.export import mnist, train
 LEARNING_RATE = 1e-4
 STEPS = 150
 BATCH = 64
-DECISION_SHARE = 0.2  # of every batch, as `learn.DECISION_WEIGHT` is of the numpy loss
 
 TRAINABLE = {"Conv": (1, 2), "Gemm": (1, 2)}  # which inputs of these ops are weights
 
@@ -159,7 +159,8 @@ def finetune(
     train_split, test = mnist_sets(mnist_dir)
     replay = np.random.default_rng(seed).choice(len(train_split.images), learn.REPLAY, False)
     decisions, decision_labels = images[~hold], labels[~hold]
-    repeat = math.ceil(DECISION_SHARE / (1 - DECISION_SHARE) * len(replay) / len(decisions))
+    share = learn.decision_share(len(decisions), len(replay))
+    repeat = math.ceil(share / (1 - share) * len(replay) / len(decisions))
     x = torch.cat(
         [
             train.to_tensor(train_split.images[replay], "cpu"),

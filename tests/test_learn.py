@@ -105,6 +105,15 @@ def test_fitting_learns_what_the_decisions_say_and_stays_near_the_start():
     assert np.abs(pulled.weight).sum() < np.abs(head.weight).sum()
 
 
+def test_each_decision_keeps_its_weight_however_many_are_recorded_until_replay_keeps_half():
+    replay = 10_000
+    assert learn.decision_share(0, replay) == 0.0
+    few, more = learn.decision_share(10, replay), learn.decision_share(20, replay)
+    odds = [share / (1 - share) for share in (few, more)]  # decisions' weight against replay's
+    assert odds[1] == pytest.approx(2 * odds[0])  # twice the decisions, twice the pull
+    assert learn.decision_share(100_000, replay) == learn.MAX_DECISION_SHARE
+
+
 @pytest.mark.parametrize(
     ("held", "mnist", "passes"),
     [
