@@ -913,6 +913,8 @@ def read_marks(
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     # The digits' height: the tallest marks' (not dashes, underlines, nor printed lowercase).
     big = (area >= 0.2 * area.max()) & (h >= 0.75 * h.max())
+    if not big.any():  # the inkiest mark is flat (a blot, a bar), the tallest thin: no line
+        return Reading([alternatives(single, strong)], [0], [])
     typical = float(np.median(h[big]))
     # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
     blob = (

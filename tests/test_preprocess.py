@@ -3,6 +3,7 @@ line and speck removal, connected components, and the MNIST-style normalisation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -124,6 +125,16 @@ def specks(draw: ImageDraw.ImageDraw) -> None:
 def test_specks_are_dropped():
     assert similarity(read(scan(clutter=specks)), read(scan())) > 0.9
     assert preprocess.prepare(scan(shape=None, clutter=specks)).image is None
+
+
+def test_a_flat_blot_beside_a_thin_stroke_is_read_as_one_mark_without_a_numpy_warning():
+    page = np.full((160, 200), 255, np.uint8)
+    page[70:82, 50:100] = 0  # the inkiest mark, flat
+    page[55:91, 120:123] = 0  # the tallest, thin: no mark is both, so no digit height
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" is a warning
+        prepared = preprocess.prepare(page)
+    assert len(prepared.slots) == 1
 
 
 def box(draw: ImageDraw.ImageDraw) -> None:
