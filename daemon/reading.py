@@ -36,18 +36,20 @@ TOUCHING_DOUBT = 0.999
 # training digits (ink above 80 of 255). A "1" is narrow; a 0, 2 or 5 may be as wide as tall.
 ASPECT_MEAN = (-0.109, -0.949, -0.074, -0.242, -0.248, -0.077, -0.335, -0.272, -0.289, -0.404)
 ASPECT_SPREAD = (0.201, 0.467, 0.223, 0.215, 0.216, 0.265, 0.220, 0.218, 0.224, 0.207)
-# A mark read whole as a digit it is more than AGREED_WIDE spreads too wide for is cut when
-# AGREED or more of its cuts read the same digits at min_confidence's default or better (two
-# digits side by side read alike wherever the cut falls between them, the halves of one digit
-# do not). One more than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut
-# when only its best cut reads at TOUCHING_DOUBT or better. A mark cut for its width alone
-# always goes to review: a very flat 2 is sometimes that wide and reads "22", a wide 0 "67"
-# (in 4,000 single digits two were cut so, and filed `ok` they would be silent misreads). A
-# mark that may be cut and is more than AGREED_WIDE spreads too wide but read whole goes to
-# review too. At 2.5 and 2.0 the single digits of bench_scans.py lost 0.35 points clean and the
-# crops up to 0.25; at 3.0 and 2.5 they read within 1-2 files of before and touching pairs 8-14
-# points more often right (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one
-# digit is as wide as many single 0s, 2s and 5s, and is read whole.
+# A mark read whole as a digit it is more than AGREED_WIDE spreads too wide for is cut when AGREED
+# or more of its cuts read the same digits at min_confidence's default or better (two digits side by
+# side read alike wherever the cut falls between them, the halves of one digit do not). One more
+# than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut when only its best cut
+# reads at TOUCHING_DOUBT or better. A mark cut for its width alone always goes to review: a very
+# flat 2 is sometimes that wide and reads "22", a wide 0 "67" (in 4,000 single digits two were cut
+# so, and filed `ok` they would be silent misreads). A mark that may be cut and is more than
+# AGREED_WIDE spreads too wide but read whole goes to review too, and so does any mark more than
+# TOO_WIDE spreads too wide read whole, offered cut or not (in a line of merged pairs: wrong mixed
+# numbers filed `ok` 8 -> 6 clean, 9 -> 7 varied, bench_numbers.py). At 2.5 and 2.0 the single
+# digits of bench_scans.py lost 0.35 points clean and the crops up to 0.25; at 3.0 and 2.5 they read
+# within 1-2 files of before and touching pairs 8-14 points more often right (bench_numbers.py, seed
+# 2024). Not all: a pair hardly wider than one digit is as wide as many single 0s, 2s and 5s, and is
+# read whole.
 TOO_WIDE = 3.0
 AGREED_WIDE = 2.5
 AGREED = 0.5  # of the cuts
@@ -139,10 +141,13 @@ def read(
                 # likely two digits than one, confirmed by a person
             else:
                 doubt = sure >= TOUCHING_DOUBT or width > AGREED_WIDE
-        if len(slots) == 1 and len(pieces) == 1 and spare >= 1:
-            # Alone on its page, a mark is measured against its own digit only (LONE_WIDE),
-            # whether it was offered cut or not.
-            doubt = doubt or width > AGREED_WIDE or (width > LONE_WIDE and whole < LONE_SURE)
+        if len(pieces) == 1 and spare >= 1:
+            # Offered cut or not (among merged pairs a mark is no wider than the others, and
+            # preprocessing offers it no cut); alone on its page, a mark is measured against
+            # its own digit only (LONE_WIDE).
+            alone = len(slots) == 1
+            doubt = doubt or width > (AGREED_WIDE if alone else TOO_WIDE)
+            doubt = doubt or (alone and width > LONE_WIDE and whole < LONE_SURE)
         if doubt:
             doubts.append(len(chosen))
         spare -= len(pieces) - 1

@@ -162,6 +162,13 @@ def test_a_mark_too_wide_for_its_digit_goes_to_review_even_when_no_cut_reads_wel
     assert found.digits == [7] and found.doubts == []
 
 
+def test_a_mark_in_a_line_far_too_wide_for_its_digit_goes_to_review_though_offered_no_cut():
+    probs = np.array([sure(7, 0.9999), sure(2, 0.9999), sure(4, 0.9999)])
+    slots = [((0,),), ((1,),), ((2,),)]
+    assert reading.read(probs, slots, [0, 0, 0], [2.0, 1.6, 0.7]).doubts == [0]  # "897" as a 7
+    assert reading.read(probs, slots, [0, 0, 0], [0.8, 1.0, 0.7]).doubts == []
+
+
 @pytest.mark.parametrize("value", ["auto", "AUTO"])
 def test_auto_expects_any_length(value):
     assert reading.parse_expected(value) is None
