@@ -12,7 +12,8 @@ pages). For each set it prints:
   ok, the worst outcome (target: under 0.5 % of the files);
 - all of it by length and by variation tag, for a mixed set on clean and varied pages;
 - the target sets: 4 digits at normal spacing (clean >= 98 %, varied >= 96 %) and touching
-  or overlapping pairs (>= 90 %);
+  or overlapping pairs (>= 90 %), each beside the model alone on the same MNIST test digits
+  fed as 28x28 arrays (what reading the marks could reach at best);
 - the peer on a subset of the same files: Tesseract as one text line (`--psm 7`, digits only).
 
 Blank and error rows read nothing (wrong); low_confidence rows count with what they read.
