@@ -205,12 +205,17 @@ def run_classify(folder: Path, args: argparse.Namespace) -> tuple[str, float]:
 
 def mnist_reference(labels: Sequence[scans.Label], model: Path | None) -> dict[str, str]:
     """What the model reads from the original 28x28 digits behind each file."""
+    digits = model_reads([item.mnist_index for item in labels], model)
+    return {item.file: str(d) for item, d in zip(labels, digits, strict=True)}
+
+
+def model_reads(indices: Sequence[int], model: Path | None) -> list[int]:
+    """The digits the model reads from MNIST test digits `indices`, fed as 28x28 arrays."""
     from digit_inbox.daemon.classifier import Classifier
 
     test = mnist.load_split(mnist.resolve_data_dir(None), "test")
-    images = test.images[[item.mnist_index for item in labels]].astype(np.float32) / 255
-    digits = Classifier(model).predict(images).argmax(axis=1)
-    return {item.file: str(d) for item, d in zip(labels, digits, strict=True)}
+    images = test.images[list(indices)].astype(np.float32) / 255
+    return [int(d) for d in Classifier(model).predict(images).argmax(axis=1)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Preprocessing offers, for every position of the string, one or more alternatives (a mark too
 wide for one digit is also offered cut in two or three). A mark is read whole unless its cut
 reads clearly surer (geometric mean of the top probabilities), or the mark is too wide for the
-digit it reads as whole and its cuts read surely (see TOO_WIDE): the model, trained on single
-digits, reads two touching ones squeezed into one image as one digit, often surely. The string's
+digit it reads as whole and its cuts read surely (see TOO_WIDE, UNSURE_WIDE): the model,
+trained on single digits, reads two touching ones squeezed into one image as one digit, often
+surely. Wherever one digit or two is a guess, the page goes to review rather than being filed
+with a reading that may be wrong (FILED_AGREED, LONE_WIDE). The string's
 confidence is the product of its digits' probabilities: the probability of the whole string if
 the digits are read independently, so one unsure digit makes the whole reading unsure.
 """
@@ -34,22 +36,46 @@ TOUCHING_DOUBT = 0.999
 # training digits (ink above 80 of 255). A "1" is narrow; a 0, 2 or 5 may be as wide as tall.
 ASPECT_MEAN = (-0.109, -0.949, -0.074, -0.242, -0.248, -0.077, -0.335, -0.272, -0.289, -0.404)
 ASPECT_SPREAD = (0.201, 0.467, 0.223, 0.215, 0.216, 0.265, 0.220, 0.218, 0.224, 0.207)
-# A mark read whole as a digit it is more than AGREED_WIDE spreads too wide for is cut when
-# AGREED or more of its cuts read the same digits at min_confidence's default or better (two
-# digits side by side read alike wherever the cut falls between them, the halves of one digit
-# do not). One more than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut
-# when only its best cut reads at TOUCHING_DOUBT or better. A mark cut for its width alone
-# always goes to review: a very flat 2 is sometimes that wide and reads "22", a wide 0 "67"
-# (in 4,000 single digits two were cut so, and filed `ok` they would be silent misreads). A
-# mark that may be cut and is more than AGREED_WIDE spreads too wide but read whole goes to
-# review too. At 2.5 and 2.0 the single digits of bench_scans.py lost 0.35 points clean and the
-# crops up to 0.25; at 3.0 and 2.5 they read within 1-2 files of before and touching pairs 8-14
-# points more often right (bench_numbers.py, seed 2024). Not all: a pair hardly wider than one
-# digit is as wide as many single 0s, 2s and 5s, and is read whole.
+# A mark read whole as a digit it is more than AGREED_WIDE spreads too wide for is cut when AGREED
+# or more of its cuts read the same digits at min_confidence's default or better (two digits side by
+# side read alike wherever the cut falls between them, the halves of one digit do not). One more
+# than TOO_WIDE spreads too wide (1 in 700 of a normal spread) is also cut when only its best cut
+# reads at TOUCHING_DOUBT or better. A mark cut for its width alone always goes to review: a very
+# flat 2 is sometimes that wide and reads "22", a wide 0 "67" (in 4,000 single digits two were cut
+# so, and filed `ok` they would be silent misreads). A mark that may be cut and is more than
+# AGREED_WIDE spreads too wide but read whole goes to review too, and so does any mark more than
+# TOO_WIDE spreads too wide read whole, offered cut or not (in a line of merged pairs: wrong mixed
+# numbers filed `ok` 8 -> 6 clean, 9 -> 7 varied, bench_numbers.py). At 2.5 and 2.0 the single
+# digits of bench_scans.py lost 0.35 points clean and the crops up to 0.25; at 3.0 and 2.5 they read
+# within 1-2 files of before and touching pairs 8-14 points more often right (bench_numbers.py, seed
+# 2024). Not all: a pair hardly wider than one digit is as wide as many single 0s, 2s and 5s, and is
+# read whole.
 TOO_WIDE = 3.0
 AGREED_WIDE = 2.5
 AGREED = 0.5  # of the cuts
 SURE_CUT = 0.99
+# Figures below: 2,000 clean and 2,000 varied single digits (bench_scans.py) and 300 clean and
+# 300 varied touching pairs (bench_numbers.py), seed 2024, each rule left out in turn.
+# A mark cut because its cut reads clearly surer than the whole is filed `ok` only when
+# FILED_AGREED or more of its cuts read the same digits surely: where the cut falls changes
+# what the halves of a fragile cut read ("05" cut through the 0 reads "65"). Wrong pairs filed
+# `ok` 34 -> 28 clean, 33 -> 31 varied (mixed numbers 11 -> 8, 11 -> 9), for 29 and 21 more
+# pairs to review; no single digit is cut so.
+FILED_AGREED = 0.3
+# A mark more than UNSURE_WIDE spreads too wide for the digit it reads as whole, read whole
+# below SURE_CUT and cut at SURE_CUT or better, is more likely two digits than one: it is read
+# cut, and goes to review. Touching pairs read right 46.0 -> 52.0 % clean, 40.0 -> 44.3 %
+# varied; single digits as before (from 1.5 down, 1 in 1,000 varied ones was read cut).
+UNSURE_WIDE = 2.0
+# A mark alone on its page (a single-digit scan, or two digits touching) has no other digits
+# to be measured against. More than LONE_WIDE spreads wider than the digit it reads as whole
+# is written on average, it must read at LONE_SURE or better to be filed `ok` as one digit.
+# Wrong pairs filed `ok` 44 -> 28 clean, 48 -> 31 varied, for 12 and 11 more single digits to
+# review (2.60 -> 3.20 %, 3.45 -> 4.00 %); 0.5 and 0.999 cost the same and spared 2 pairs
+# fewer. A pair hardly wider than one digit that reads surely ("91" read as a 9 at 0.9999, "11"
+# as a 1) still passes: nothing in its width or probabilities tells it from one digit.
+LONE_WIDE = 1.0
+LONE_SURE = 0.9995
 
 
 @dataclass
@@ -78,7 +104,8 @@ def read(
     """The best alternative of every slot (probs: one row per candidate image; shapes: the
     width / height of each image's ink). A mark is read whole unless a cut reads clearly
     better, or the mark is too wide for the digit it reads as whole and its cuts read surely
-    (see TOO_WIDE).
+    (see TOO_WIDE, UNSURE_WIDE). `doubts` lists the digits that may be two touching: the page
+    goes to review.
 
     With an expected length, a cut that would read more digits than the most expected is
     neither taken nor a doubt: in a one-digit field a wide mark is one digit."""
@@ -95,19 +122,34 @@ def read(
     for slot, line in zip(slots, lines, strict=True):
         pieces = slot[0]
         allowed = [cut for cut in slot[1:] if len(cut) - 1 <= spare]
+        width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
+        whole = score(slot[0])
+        doubt = False
         if allowed:
-            whole, cuts = score(slot[0]), [score(cut) for cut in allowed]
+            cuts = [score(cut) for cut in allowed]
             best = allowed[int(np.argmax(cuts))]
             sure = max(cuts) ** len(best)  # the cut's probability: the product
-            width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
             alike = width > AGREED_WIDE and agreed(probs, allowed, best) >= AGREED
             if max(cuts) > whole + SPLIT_MARGIN:
-                pieces = best
+                pieces = best  # filed only where its cuts agree (FILED_AGREED)
+                doubt = agreed(probs, allowed, best) < FILED_AGREED
             elif alike or (sure >= TOUCHING_DOUBT and width > TOO_WIDE):
-                pieces = best  # cut for its width alone: a wide 0 may read "67", so a person
-                doubts.append(len(chosen))  # confirms it
-            elif sure >= TOUCHING_DOUBT or width > AGREED_WIDE:
-                doubts.append(len(chosen))
+                pieces, doubt = best, True  # cut for its width alone: a wide 0 may read "67",
+                # so a person confirms it
+            elif whole < SURE_CUT <= sure and width > UNSURE_WIDE:
+                pieces, doubt = best, True  # wide, read unsurely whole and surely cut: more
+                # likely two digits than one, confirmed by a person
+            else:
+                doubt = sure >= TOUCHING_DOUBT or width > AGREED_WIDE
+        if len(pieces) == 1 and spare >= 1:
+            # Offered cut or not (among merged pairs a mark is no wider than the others, and
+            # preprocessing offers it no cut); alone on its page, a mark is measured against
+            # its own digit only (LONE_WIDE).
+            alone = len(slots) == 1
+            doubt = doubt or width > (AGREED_WIDE if alone else TOO_WIDE)
+            doubt = doubt or (alone and width > LONE_WIDE and whole < LONE_SURE)
+        if doubt:
+            doubts.append(len(chosen))
         spare -= len(pieces) - 1
         chosen += pieces
         line_of += [line] * len(pieces)

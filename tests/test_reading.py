@@ -74,10 +74,21 @@ def test_a_cut_must_read_clearly_better_than_the_whole_mark():
     assert found.digits == [0]  # a wide 0 is not "67"
     assert found.doubts == [0]  # ... but it may be two digits touching: review
     left, right = sure(6, 0.99), sure(7, 0.98)
-    found = cut(whole, left, right, 1.2)
+    found = cut(sure(0, 0.9995), left, right, 1.2)
     assert found.digits == [0] and found.doubts == []  # halves of one digit read less surely
-    found = cut(sure(0, 0.55), left, right, 1.2)
+    found = cut(sure(0, 0.55), sure(6, 0.998), sure(7, 0.997), 1.2)
     assert found.digits == [6, 7] and found.lines == [0, 0] and found.doubts == []
+    found = cut(sure(0, 0.55), left, right, 1.2)
+    assert found.digits == [6, 7] and found.doubts == [0]  # a cut read unsurely: review
+
+
+def test_a_cut_whose_halves_read_otherwise_where_it_falls_goes_to_review():
+    halves = [sure(6, 0.999), sure(5, 0.999), sure(0, 0.999), sure(5, 0.998)]
+    halves += [sure(0, 0.9), sure(5, 0.9)] * 2
+    probs = np.array([sure(8, 0.6), *halves])
+    slot = ((0,), (1, 2), (3, 4), (5, 6), (7, 8))
+    found = reading.read(probs, [slot], [0], [1.3] + [0.6] * 8)
+    assert found.digits == [6, 5] and found.doubts == [0]  # one cut in four reads "65"
 
 
 def test_a_field_of_known_length_takes_no_cut_that_would_read_more_digits():
@@ -124,11 +135,38 @@ def test_a_wide_mark_is_cut_where_its_cuts_agree_and_always_sent_to_review():
         assert (found.digits, found.doubts) == (digits, doubts)
 
 
+def test_a_wide_mark_read_unsurely_whole_and_surely_cut_is_read_cut_and_sent_to_review():
+    found = cut(sure(7, 0.95), sure(7, 0.998), sure(4, 0.997), 1.7)
+    assert found.digits == [7, 4] and found.doubts == [0]
+    found = cut(sure(0, 0.95), sure(6, 0.998), sure(7, 0.997), 1.2)  # a 0 may be that wide
+    assert found.digits == [0] and found.doubts == [0]
+
+
+def test_a_mark_alone_wider_than_its_digit_is_written_must_read_surely_to_be_one_digit():
+    def alone(p: float, width: float) -> reading.Read:
+        return reading.read(np.array([sure(9, p)]), [((0,),)], [0], [width])
+
+    assert alone(0.9999, 0.9).doubts == []  # a wide 9, read surely
+    assert alone(0.998, 0.9).doubts == [0]  # "91" touching reads "9" at 0.998 as easily
+    assert alone(0.998, 0.6).doubts == []  # a 9 of usual width
+    assert alone(0.9999, 2.0).doubts == [0]  # no 9 is written that wide
+    # Among other digits the mark is measured against them (preprocessing offers its cuts).
+    probs = np.array([sure(9, 0.998), sure(1, 0.9995)])
+    assert reading.read(probs, [((0,),), ((1,),)], [0, 0], [0.9, 0.4]).doubts == []
+
+
 def test_a_mark_too_wide_for_its_digit_goes_to_review_even_when_no_cut_reads_well():
     found = cut(sure(7, 0.9999), sure(7, 0.6), sure(4, 0.7), 1.4)
     assert found.digits == [7] and found.doubts == [0]
     found = cut(sure(7, 0.9999), sure(7, 0.6), sure(4, 0.7), 0.8)
     assert found.digits == [7] and found.doubts == []
+
+
+def test_a_mark_in_a_line_far_too_wide_for_its_digit_goes_to_review_though_offered_no_cut():
+    probs = np.array([sure(7, 0.9999), sure(2, 0.9999), sure(4, 0.9999)])
+    slots = [((0,),), ((1,),), ((2,),)]
+    assert reading.read(probs, slots, [0, 0, 0], [2.0, 1.6, 0.7]).doubts == [0]  # "897" as a 7
+    assert reading.read(probs, slots, [0, 0, 0], [0.8, 1.0, 0.7]).doubts == []
 
 
 @pytest.mark.parametrize("value", ["auto", "AUTO"])
