@@ -890,6 +890,7 @@ STACKED_GAP = 0.15  # of the taller piece's height, at most, between them
 DIGIT_HEIGHT = 0.5  # of the typical digit's height
 BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
 FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
+PIECE = 0.12  # of the typical digit's height: a smaller mark is a speck, not a broken stroke
 LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
 PRINTED_LINE = 1.5  # times a printed word's tallest letter: taller marks are handwriting
 WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
@@ -995,30 +996,48 @@ def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float
 
 
 def halves(boxes: np.ndarray, free: np.ndarray, typical: float) -> list[tuple[int, int]]:
-    """(piece, piece) pairs of marks too low for a digit that make one together: one above
-    the other, overlapping left to right, together as tall as a digit and no wider than one,
-    one of them a stroke more than flat (so a `=` stays two dashes)."""
+    """(piece, piece) pairs that join marks too low for a digit into one: pieces one above the
+    other, overlapping left to right, each within FLAG_GAP of the next, together as tall as a
+    digit and no wider than one (a 5 whose flag came off; a 3 a skipping pen broke into three
+    dashes). Two pieces join only if one is a stroke more than flat, so a `=` stays two dashes;
+    specks (under PIECE of a digit's height) join none, so noise cannot make a chain. Each piece
+    joins the group's tallest."""
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    small = np.flatnonzero(free).tolist()
-    pairs, used = [], set()
-    for a in small:
-        for b in small:
-            if a >= b or a in used or b in used:
-                continue
-            overlap = min(boxes[a, 3], boxes[b, 3]) - max(boxes[a, 1], boxes[b, 1])
-            gap = max(boxes[a, 0], boxes[b, 0]) - min(boxes[a, 2], boxes[b, 2])
-            tall = max(boxes[a, 2], boxes[b, 2]) - min(boxes[a, 0], boxes[b, 0])
-            wide = max(boxes[a, 3], boxes[b, 3]) - min(boxes[a, 1], boxes[b, 1])
-            if (
-                overlap >= 0.2 * min(w[a], w[b])
-                and gap <= FLAG_GAP * typical
-                and tall >= DIGIT_HEIGHT * typical
-                and wide <= 1.1 * typical
-                and max(h[a], h[b]) >= 0.3 * typical
-            ):
-                pairs.append((a, b) if h[a] < h[b] else (b, a))
-                used |= {a, b}
+    small = np.flatnonzero(free & (np.maximum(h, w) >= PIECE * typical))
+    y0, x0, y1, x1 = (boxes[small, k] for k in range(4))
+    overlap = np.minimum(x1[:, None], x1[None, :]) - np.maximum(x0[:, None], x0[None, :])
+    gap = np.maximum(y0[:, None], y0[None, :]) - np.minimum(y1[:, None], y1[None, :])
+    narrow = np.minimum.outer(x1 - x0, x1 - x0)
+    join = (overlap >= 0.2 * narrow) & (gap <= FLAG_GAP * typical)
+    pairs = []
+    for group in clusters(join):
+        members = small[group]
+        if len(members) < 2 or (len(members) == 2 and h[members].max() < 0.3 * typical):
+            continue
+        tall = boxes[members, 2].max() - boxes[members, 0].min()
+        wide = boxes[members, 3].max() - boxes[members, 1].min()
+        if tall >= DIGIT_HEIGHT * typical and wide <= 1.1 * typical:
+            keep = int(members[np.argmax(h[members])])
+            pairs += [(int(i), keep) for i in members if i != keep]
     return pairs
+
+
+def clusters(join: np.ndarray) -> list[list[int]]:
+    """Indices grouped by a symmetric join matrix: each joined to any member of its group."""
+    parent = list(range(len(join)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(join, 1)), strict=True):
+        parent[root(int(i))] = root(int(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(join)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
 
 
 def flags(
@@ -1092,20 +1111,7 @@ def stacked(c: Components) -> list[list[int]]:
         & (gap <= STACKED_GAP * np.maximum(h[:, None], h[None, :]))
         & ((gap <= 0) | (wide <= 2 * narrow))  # not an underline below a digit
     )
-    parent = list(range(len(keep)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(join, 1)), strict=True):
-        parent[root(int(i))] = root(int(j))
-    groups: dict[int, list[int]] = {}
-    for i in range(len(keep)):
-        groups.setdefault(root(i), []).append(int(keep[i]))
-    return list(groups.values())
+    return [[int(keep[i]) for i in group] for group in clusters(join)]
 
 
 def alternatives(

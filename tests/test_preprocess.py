@@ -481,6 +481,18 @@ def test_in_a_number_a_short_five_in_two_pieces_is_one_digit_and_an_equals_sign_
     assert [is_digit for _, is_digit in prepared.marks] == [True, True, False, False]
 
 
+def test_in_a_number_a_three_a_skipping_pen_broke_into_dashes_is_one_digit():
+    def marks(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 40, 50, 80, 8)
+        for top in (52, 84, 116):  # three short strokes, stacked, each far under a digit's height
+            draw.arc([140, top - 8, 190, top + 16], 290, 60, BLACK, 8)
+        zero(draw, 220, 50, 80, 8)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(200, 320), clutter=marks), debug=True)
+    assert len(prepared.slots) == 3
+    assert [is_digit for _, is_digit in prepared.marks] == [True, True, True]  # nothing dropped
+
+
 @pytest.mark.parametrize("label", ["Amount:", "Total", "Score:"])
 def test_a_printed_label_beside_a_number_is_not_read_as_digits(label):
     def marks(draw: ImageDraw.ImageDraw) -> None:
