@@ -75,6 +75,7 @@ class Prepared:
     slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
+    slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
     marks: list[tuple[Box, bool]] = field(default_factory=list)
     # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
@@ -103,6 +104,7 @@ class Reading:
     dropped: list[Box]  # boxes of separators, strokes and specks
     plain: bool = False  # the mask held one piece of ink and nothing else: no frame nor line
     typical: float = 0.0  # the digits' height on a page of several marks (0: one mark)
+    slashes: list[int] = field(default_factory=list)  # positions that may be a `/-`'s slash
 
     @property
     def digits(self) -> list[Digit]:
@@ -891,6 +893,7 @@ DIGIT_HEIGHT = 0.5  # of the typical digit's height
 BLOT_HEIGHT = 0.75  # of the typical digit's height: a filled mark lower is an ink blot
 FLAG_GAP = 0.3  # of the typical digit's height, at most, between a 5's flag and its body
 PIECE = 0.12  # of the typical digit's height: a smaller mark is a speck, not a broken stroke
+SLASH_GAP = 0.1  # of the typical digit's height: a dash this close after a line's last mark
 LETTER_HEIGHT = 0.3  # of the typical digit's height: lowercase print is this tall or more
 PRINTED_LINE = 1.5  # times a printed word's tallest letter: taller marks are handwriting
 WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
@@ -948,17 +951,42 @@ def read_marks(
         )
         return Reading([alternatives(single, strong)], [0], [as_box(b) for b in boxes[outside]])
     width = float(np.median(w[order]))
-    positions, line_of = [], []
+    flagged = {i for i, _ in joined}
+    others = np.array([i for i in np.flatnonzero(~digit) if i not in flagged], dtype=np.int64)
+    positions: list[list[list[Digit]]] = []
+    line_of: list[int] = []
+    slashes: list[int] = []
     for number, line in enumerate(lines):
         for i in line:
             whole = digit_of(chosen(labels, n, np.asarray(groups[i]) + 1), strong, t)
             if whole is None:
                 continue
+            if i == line[-1] and slash_before_dash(boxes, i, others, typical):
+                slashes.append(len(positions))
             positions.append(alternatives(whole, strong, typical, width))
             line_of.append(number)
-    flagged = {i for i, _ in joined}
-    dropped = [as_box(boxes[i]) for i in np.flatnonzero(~digit) if i not in flagged]
-    return Reading(positions, line_of, dropped, typical=typical)
+    dropped = [as_box(boxes[i]) for i in others]
+    return Reading(positions, line_of, dropped, typical=typical, slashes=slashes)
+
+
+def slash_before_dash(boxes: np.ndarray, i: int, others: np.ndarray, typical: float) -> bool:
+    """Whether mark i, the last of its line, may be the slash of a `/-` written after an amount
+    (the model reads a slash as a 1, surely): a narrow mark with a short dash at its mid-height
+    starting no further than SLASH_GAP to its right. A 1 so followed is as likely; a person
+    decides."""
+    y0, x0, y1, x1 = boxes[i]
+    if not len(others) or x1 - x0 > 0.8 * (y1 - y0):
+        return False
+    b = boxes[others]
+    h, w, middle = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1], (b[:, 0] + b[:, 2]) / 2
+    dash = (
+        (w >= 2 * h)
+        & (w <= typical)
+        & (b[:, 1] > (x0 + x1) / 2)
+        & (b[:, 1] <= x1 + SLASH_GAP * typical)
+        & (np.abs(middle - (y0 + y1) / 2) < 0.25 * (y1 - y0))
+    )
+    return bool(dash.any())
 
 
 def printed(line: list[int], boxes: np.ndarray, free: np.ndarray, typical: float) -> list[int]:
@@ -1347,7 +1375,7 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
         slots.append(tuple(slot))
     if not images:  # every mark's clear ink was cut away: nothing left to read
         return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
-    prepared = Prepared(np.stack(images), "", slots, found.lines, shapes, steps)
+    prepared = Prepared(np.stack(images), "", slots, found.lines, shapes, found.slashes, steps)
     if debug:
         mask = np.zeros(ink.shape, bool)
         for digit in found.digits:

@@ -84,6 +84,7 @@ class Read:
     lines: list[int]  # the line of each digit (0 = top)
     images: list[int]  # which candidate image each digit was read from
     doubts: list[int] = field(default_factory=list)  # digits that may be two touching
+    slashes: list[int] = field(default_factory=list)  # digits that may be a `/-`'s slash
 
     @property
     def digits(self) -> list[int]:
@@ -100,6 +101,7 @@ def read(
     lines: Sequence[int],
     shapes: Sequence[float],
     expected: tuple[int, int] | None = None,
+    slashes: Sequence[int] = (),
 ) -> Read:
     """The best alternative of every slot (probs: one row per candidate image; shapes: the
     width / height of each image's ink). A mark is read whole unless a cut reads clearly
@@ -108,10 +110,12 @@ def read(
     goes to review.
 
     With an expected length, a cut that would read more digits than the most expected is
-    neither taken nor a doubt: in a one-digit field a wide mark is one digit."""
+    neither taken nor a doubt: in a one-digit field a wide mark is one digit. `slashes`: the
+    slots that may be the slash of a `/-` (see preprocess.slash_before_dash)."""
     chosen: list[int] = []
     line_of: list[int] = []
     doubts: list[int] = []
+    slashed: list[int] = []
     top = np.log(np.maximum(probs.max(axis=1), 1e-12)) if len(probs) else np.zeros(0)
     spare = math.inf if expected is None else expected[1] - len(slots)
     wide = too_wide(probs, shapes)
@@ -119,7 +123,9 @@ def read(
     def score(pieces: tuple[int, ...]) -> float:
         return math.exp(float(np.mean(top[list(pieces)])))
 
-    for slot, line in zip(slots, lines, strict=True):
+    for k, (slot, line) in enumerate(zip(slots, lines, strict=True)):
+        if k in slashes:
+            slashed.append(len(chosen))
         pieces = slot[0]
         allowed = [cut for cut in slot[1:] if len(cut) - 1 <= spare]
         width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
@@ -153,7 +159,7 @@ def read(
         spare -= len(pieces) - 1
         chosen += pieces
         line_of += [line] * len(pieces)
-    return Read(probs[chosen].reshape(-1, probs.shape[-1]), line_of, chosen, doubts)
+    return Read(probs[chosen].reshape(-1, probs.shape[-1]), line_of, chosen, doubts, slashed)
 
 
 def agreed(probs: np.ndarray, cuts: Sequence[tuple[int, ...]], best: tuple[int, ...]) -> float:
@@ -212,6 +218,8 @@ def fill(
         notes.append(f"expected {describe(expected)}, read {n}")
     for k in found.doubts:
         notes.append(f"digit {k + 1} of {n} is wide enough for two digits touching")
+    for k in found.slashes:
+        notes.append(f"digit {k + 1} of {n} may be the slash of a `/-` after the amount")
     if confidences[weakest] < min_confidence:
         if n > 1:
             notes.append(f"digit {weakest + 1} of {n} is unsure ({confidences[weakest]:.2f})")

@@ -61,6 +61,7 @@ class Prepared:
     slots: list[tuple[tuple[int, ...], ...]] = field(default_factory=list)  # see preprocess
     lines: list[int] = field(default_factory=list)
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
+    slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
     debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
     debug_path: Path | None = None
 
@@ -97,6 +98,7 @@ def prepare_file(
         slots=prepared.slots,
         lines=prepared.lines,
         shapes=prepared.shapes,
+        slashes=prepared.slashes,
         debug=prepared if debug_path is not None else None,
         debug_path=debug_path,
     )
@@ -367,7 +369,7 @@ class Reader:
         """The number on a page with marks, read once for its row and its debug strip."""
         if p.status is not None or not p.slots:
             return None
-        return reading.read(probs, p.slots, p.lines, p.shapes, self.digits)
+        return reading.read(probs, p.slots, p.lines, p.shapes, self.digits, p.slashes)
 
     def _row(self, name: str, p: Prepared, found: reading.Read | None, ms: float) -> Row:
         row = Row(

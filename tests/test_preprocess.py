@@ -408,6 +408,25 @@ def test_separators_dashes_and_underlines_are_not_digits():
         assert similarity(prepared.images[1], read(scan(shape=zero, at=(120, 50)))) > 0.9
 
 
+def test_a_slash_and_dash_after_a_number_make_its_last_mark_a_possible_slash():
+    def slash_dash(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(208, 128), (232, 74)], BLACK, 7)  # "/" from the baseline...
+        draw.line([(230, 100), (262, 100)], BLACK, 7)  # ...then "-" at mid-height, close
+
+    def one(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(215, 52), (215, 128)], BLACK, 7)
+
+    def dash_at(x: int) -> Callable[[ImageDraw.ImageDraw], None]:
+        return lambda draw: draw.line([(x, 92), (x + 32, 92)], BLACK, 7)
+
+    prepared = preprocess.prepare(number(slash_dash))
+    assert len(prepared.slots) == 3 and prepared.slashes == [2]
+    assert preprocess.prepare(number(one, dash_at(224))).slashes == [2]  # a 1 or a slash?
+    assert preprocess.prepare(number(one, dash_at(250))).slashes == []  # a 1, then a dash
+    assert preprocess.prepare(number(dash_at(212))).slashes == []  # a 0 is no slash
+    assert preprocess.prepare(number()).slashes == []
+
+
 def test_two_lines_come_out_top_line_first():
     def lines(draw: ImageDraw.ImageDraw) -> None:
         zero(draw, 40, 30, 70, 7)  # top line: 0 7

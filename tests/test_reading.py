@@ -24,7 +24,8 @@ def sure(digit: int, p: float, second: int | None = None) -> np.ndarray:
 def row_of(probs: list[np.ndarray], lines: list[int], **kw) -> Row:
     slots = [((i,),) for i in range(len(probs))]
     row = Row("a.png", Status.OK)
-    found = reading.read(np.array(probs), slots, lines, [0.7] * len(probs))
+    shapes = [0.7] * len(probs)
+    found = reading.read(np.array(probs), slots, lines, shapes, None, kw.get("slashes", ()))
     reading.fill(row, found, kw.get("min_confidence", 0.6), kw.get("expected"))
     return row
 
@@ -46,6 +47,12 @@ def test_one_unsure_digit_sends_the_number_to_review_and_is_named():
     row = row_of([sure(1, 0.95), sure(9, 0.95), sure(2, 0.41)], [0, 0, 0])
     assert row.status is Status.LOW_CONFIDENCE
     assert row.note == "digit 3 of 3 is unsure (0.41)"
+
+
+def test_a_last_digit_that_may_be_the_slash_of_a_trailing_dash_goes_to_review():
+    row = row_of([sure(2, 0.999), sure(5, 0.999), sure(1, 0.9999)], [0, 0, 0], slashes=[2])
+    assert row.digits == "251" and row.status is Status.LOW_CONFIDENCE
+    assert row.note == "digit 3 of 3 may be the slash of a `/-` after the amount"
 
 
 def test_a_single_digit_reads_as_it_always_has():
