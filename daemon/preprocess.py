@@ -805,7 +805,7 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
     c = components(labels, n) if c is None else c
     h, w = c.y1 - c.y0, c.x1 - c.x0
     main = int(np.argmax(c.area))  # returned first
-    blob = (c.area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w))
+    blob = blots(c)
     chosen = np.zeros(n, bool)
     chosen[main] = True
     while True:
@@ -825,7 +825,26 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
         chosen = joined
 
 
-def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
+def blots(c: Components) -> np.ndarray:
+    """Which components are round, filled blobs (dust, an ink blot, a punched hole): a
+    digit's strokes leave much of their box empty."""
+    h, w = c.y1 - c.y0, c.x1 - c.x0
+    return np.asarray((c.area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w)))
+
+
+def all_blots(mask: np.ndarray) -> bool:
+    """Whether the ink of `mask` is round filled blobs only (see `blots`)."""
+    labels, n = label(mask)
+    return n > 0 and bool(blots(components(labels, n)).all())
+
+
+# A pale digit is read past the dark blots beside it when its ink weighs this many times theirs.
+BLOTTED_DIGIT = 3.0
+
+
+def find_digits(
+    ink: np.ndarray, min_size: float, blotted: np.ndarray | None = None
+) -> Reading | str:
     """The digits' ink in an ink-strength map, in reading order, or why there is none (a blank
     reason).
 
@@ -834,11 +853,14 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
     connected to ink above the threshold, so a grainy pencil stroke stays whole and faint
     specks stay out. Printed lines and scanner borders are often darker than a pencil digit
     and would pull the threshold above it: once they are known, the threshold is chosen again
-    without them. A digit smaller than `min_size` px is a speck.
+    without them. So would dark dust or an ink blot beside a large pale pencil digit, leaving
+    the blot as the only ink: when what was found is a blot, the page is read again with the
+    blots' pixels (`blotted`) left out of the threshold, and that reading is taken when it
+    finds far more ink than the blots. A digit smaller than `min_size` px is a speck.
     """
     smooth = smoothed(ink)
     floor = max(noise_floor(smooth), CONTRAST_FLOOR)
-    t = max(threshold(smooth), floor)
+    t = max(threshold(smooth if blotted is None else np.where(blotted, 0, smooth)), floor)
     if not (smooth >= t).any():
         return "no ink darker than the paper"
     low = max(floor, HYSTERESIS * t)
@@ -867,6 +889,11 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
         return "only lines, no digit"
     pieces = components(labels, n)
     ids = select_digit(labels, n, pieces)
+    clear = chosen(labels, n, ids) & strong
+    if blotted is None and all_blots(clear):
+        paler = read_past_blots(ink, min_size, smooth, clear, t, floor)
+        if paler is not None:
+            return paler
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
     single = digit_of(chosen(labels, n, ids), strong, t)
@@ -874,6 +901,28 @@ def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
     found = read_marks(labels, pieces, strong, t, single)
     found.plain = plain
     return found
+
+
+def read_past_blots(
+    ink: np.ndarray,
+    min_size: float,
+    smooth: np.ndarray,
+    blot: np.ndarray,
+    t: float,
+    floor: float,
+) -> Reading | None:
+    """The page read again with the blot found as its digit left out of the threshold, when
+    that finds one paler mark (a lower threshold) of clear ink (on average twice the noise
+    `floor`, where faint remains of lines, grain or shading are not) with BLOTTED_DIGIT times
+    the blot's ink; else None. A bold filled 0, or a digit too small or blurred to show its
+    strokes, stays what was found."""
+    again = find_digits(ink, min_size, blotted=blot)
+    if not isinstance(again, Reading) or len(again.positions) != 1:
+        return None
+    weight = smooth[again.digits[0].mask]
+    if again.digits[0].threshold >= 0.8 * t or float(weight.mean()) < 2 * floor:
+        return None
+    return again if float(weight.sum()) >= BLOTTED_DIGIT * float(smooth[blot].sum()) else None
 
 
 def digit_of(mask: np.ndarray, strong: np.ndarray, t: float) -> Digit | None:

@@ -618,3 +618,16 @@ def spying(function: Callable[..., bool], answers: list[bool]) -> Callable[..., 
         return answers[-1]
 
     return spy
+
+
+def pale(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
+    """A 7 in a broad soft pencil, far paler than a ballpoint."""
+    draw.line([(x, y), (x + 0.6 * size, y), (x + 0.2 * size, y + size)], (175, 175, 172), width)
+
+
+def test_a_large_pale_stroke_keeps_its_shape_beside_a_dark_blot():
+    def blot(draw: ImageDraw.ImageDraw) -> None:  # dust, darker than the pencil by far
+        draw.ellipse([330, 170, 356, 190], fill=BLACK)
+
+    page = dict(shape=pale, page=(400, 400), at=(80, 60), size=280, width=40)
+    assert similarity(read(scan(**page, clutter=blot)), read(scan(**page))) > 0.9
