@@ -878,7 +878,13 @@ def find_digits(
         t = min(t, max(threshold(quiet), floor))
         if max(floor, HYSTERESIS * t) < low - 0.02:
             low = max(floor, HYSTERESIS * t)
+            frame = raw & ~mask
             mask = clear_border(smooth >= low)
+            if np.count_nonzero(mask & frame) > 0.1 * np.count_nonzero(frame):
+                # Fainter, the paper beyond the frame found holds enough grain that
+                # clear_border no longer sees (all of) a frame behind a margin: the frame
+                # stays cleared, with its rim.
+                mask &= ~neighbourhood(frame, np.logical_or)
             horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
     cleaned = remove_lines(mask, horizontal, vertical)
     strong = cleaned & (smooth >= t)
