@@ -1401,14 +1401,17 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
         # A small digit gets a closer look at finer resolution; one far smaller than the page
         # a second look anyway: a form box around it is only a long line next to the digit.
         extent = max(y1 - y0, x1 - x0)
-        if (size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale) or extent < 0.5 * max(
-            ink.shape
-        ):
+        small = size < MIN_OVERVIEW_DIGIT and wanted > 1.3 * look.scale
+        if small or extent < 0.5 * max(ink.shape):
             region = closer_region(img.size, found.box, look.scale)
             if not (spare and wanted == look.scale and reads_as_closer(look, found, region)):
                 closer = look_closer(img, look.light, look.paper, region, look.scale, wanted)
-                if closer is not None:
+                if isinstance(closer[1], Reading):
                     ink, found = closer
+                elif small:
+                    # What the overview took for a small digit is, seen closer, no digit: a
+                    # piece of a grid or a frame, or a speck. Reading it would file a guess.
+                    ink, found = closer[0], f"no digit on a closer look ({closer[1]})"
     steps = {"page": look.page, "ink": ink} if debug else {}
     if not isinstance(found, Reading):
         return Prepared(NO_IMAGES, found, steps=steps)
@@ -1550,9 +1553,9 @@ def look_closer(
     region: Box,
     scale: float,
     wanted: float,
-) -> tuple[np.ndarray, Reading] | None:
+) -> tuple[np.ndarray, Reading | str]:
     """Read `region` (see `closer_region`) around the digits found small in the overview
-    again at `wanted` scale.
+    again at `wanted` scale: its ink and what was found there (or why nothing was).
 
     The region is read at no more than CLOSER_PIXELS: marks scattered over a page would
     otherwise be read at full resolution.
@@ -1572,10 +1575,7 @@ def look_closer(
         min(iy1 * scale, ph),
     )
     ink = ink_strength(plane, resized(paper, size, box=paper_box))
-    found = find_digits(ink, min_digit_size(max(h, w), wanted))
-    if not isinstance(found, Reading):
-        return None
-    return ink, found
+    return ink, find_digits(ink, min_digit_size(max(h, w), wanted))
 
 
 DIGIT_COLOUR, DROPPED_COLOUR, SEPARATOR = (0, 160, 0), (220, 0, 0), (255, 0, 255)

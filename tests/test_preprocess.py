@@ -631,3 +631,14 @@ def test_a_large_pale_stroke_keeps_its_shape_beside_a_dark_blot():
 
     page = dict(shape=pale, page=(400, 400), at=(80, 60), size=280, width=40)
     assert similarity(read(scan(**page, clutter=blot)), read(scan(**page))) > 0.9
+
+
+def test_dots_that_blur_into_a_small_mark_from_afar_are_no_digit_close_up():
+    image = Image.new("L", (1200, 1200), 245)
+    draw = ImageDraw.Draw(image)
+    for y in range(600, 640, 9):
+        for x in range(600, 630, 9):
+            draw.ellipse([x, y, x + 3, y + 3], fill=20)
+    prepared = preprocess.prepare(np.asarray(image))
+    assert prepared.image is None
+    assert prepared.blank_reason.startswith("no digit on a closer look")
