@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from bench import number_scans, scans
 from digit_inbox.daemon import decode, preprocess, reading
@@ -642,3 +642,15 @@ def test_dots_that_blur_into_a_small_mark_from_afar_are_no_digit_close_up():
     prepared = preprocess.prepare(np.asarray(image))
     assert prepared.image is None
     assert prepared.blank_reason.startswith("no digit on a closer look")
+
+
+def test_a_faint_smudge_does_not_take_the_place_of_a_small_bold_mark():
+    def page(smudge: bool) -> np.ndarray:
+        image = Image.new("L", (600, 600), 245)
+        if smudge:  # a broad soft stain across the page, far fainter than any pencil
+            ImageDraw.Draw(image).line([(150, 150), (450, 450)], fill=205, width=60)
+            image = image.filter(ImageFilter.GaussianBlur(8))
+        ImageDraw.Draw(image).ellipse([400, 120, 420, 145], fill=20)
+        return np.asarray(image)
+
+    assert similarity(read(page(smudge=True)), read(page(smudge=False))) > 0.9
