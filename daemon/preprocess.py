@@ -826,16 +826,33 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
 
 
 def blots(c: Components) -> np.ndarray:
-    """Which components are round, filled blobs (dust, an ink blot, a punched hole): a
-    digit's strokes leave much of their box empty."""
-    h, w = c.y1 - c.y0, c.x1 - c.x0
-    return np.asarray((c.area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w)))
+    """Which components are round, filled blobs (see `filled_round`)."""
+    return filled_round(c.area, c.y1 - c.y0, c.x1 - c.x0)
 
 
-def all_blots(mask: np.ndarray) -> bool:
-    """Whether the ink of `mask` is round filled blobs only (see `blots`)."""
-    labels, n = label(mask)
-    return n > 0 and bool(blots(components(labels, n)).all())
+def filled_round(area: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int) -> np.ndarray:
+    """Whether ink of `area` pixels in a box h x w is a round, filled blob (dust, an ink blot, a
+    punched hole): a digit's strokes leave much of their box empty."""
+    return np.asarray((area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w)))
+
+
+def blot_ink(
+    labels: np.ndarray, c: Components, ids: np.ndarray, strong: np.ndarray
+) -> np.ndarray | None:
+    """The clear ink of the digit chosen (components `ids`) when it is one round filled blob,
+    else None. Only the digit's box is looked at: this runs on every page."""
+    k = ids - 1
+    box = (slice(c.y0[k].min(), c.y1[k].max()), slice(c.x0[k].min(), c.x1[k].max()))
+    clear = chosen(labels[box], len(c.area), ids) & strong[box]
+    rows, cols = np.flatnonzero(clear.any(axis=1)), np.flatnonzero(clear.any(axis=0))
+    if not len(rows):
+        return None
+    h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    if not filled_round(int(np.count_nonzero(clear)), h, w):
+        return None
+    blot = np.zeros(labels.shape, bool)
+    blot[box] = clear
+    return blot
 
 
 # A pale digit is read past the dark blots beside it when its ink weighs this many times theirs.
@@ -855,8 +872,8 @@ def find_digits(
     and would pull the threshold above it: once they are known, the threshold is chosen again
     without them. So would dark dust or an ink blot beside a large pale pencil digit, leaving
     the blot as the only ink: when what was found is a blot, the page is read again with the
-    blots' pixels (`blotted`) left out of the threshold, and that reading is taken when it
-    finds far more ink than the blots. A digit smaller than `min_size` px is a speck.
+    blot's pixels (`blotted`) left out of the threshold, and that reading is taken when it
+    finds far more ink than the blot. A digit smaller than `min_size` px is a speck.
     """
     smooth = smoothed(ink)
     floor = max(noise_floor(smooth), CONTRAST_FLOOR)
@@ -895,9 +912,9 @@ def find_digits(
         return "only lines, no digit"
     pieces = components(labels, n)
     ids = select_digit(labels, n, pieces)
-    clear = chosen(labels, n, ids) & strong
-    if blotted is None and all_blots(clear):
-        paler = read_past_blots(ink, min_size, smooth, clear, t, floor)
+    blot = None if blotted is not None else blot_ink(labels, pieces, ids, strong)
+    if blot is not None:
+        paler = read_past_blots(ink, min_size, smooth, blot, t, floor)
         if paler is not None:
             return paler
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
