@@ -246,8 +246,6 @@ def bench_set(
 # Report
 
 
-
-
 def figures_row(label: str, e: Mapping[str, Any]) -> list[object]:
     return [
         label,
