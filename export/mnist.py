@@ -137,9 +137,7 @@ def data_fingerprint() -> str:
     return ",".join(f"{n}={CANONICAL_MD5[n]}" for n in SPLITS["train"][:2])
 
 
-def download(
-    data_dir: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = 60.0
-) -> list[Path]:
+def download(data_dir: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = 60.0) -> list[Path]:
     """Fetch any missing file from the first mirror that serves it with the right MD5."""
     data_dir.mkdir(parents=True, exist_ok=True)
     fetched = []
