@@ -805,7 +805,7 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
     c = components(labels, n) if c is None else c
     h, w = c.y1 - c.y0, c.x1 - c.x0
     main = int(np.argmax(c.area))  # returned first
-    blob = blots(c)
+    blob = filled_round(c.area, h, w)
     chosen = np.zeros(n, bool)
     chosen[main] = True
     while True:
@@ -825,34 +825,20 @@ def select_digit(labels: np.ndarray, n: int, c: Components | None = None) -> np.
         chosen = joined
 
 
-def blots(c: Components) -> np.ndarray:
-    """Which components are round, filled blobs (see `filled_round`)."""
-    return filled_round(c.area, c.y1 - c.y0, c.x1 - c.x0)
-
-
-def filled_round(area: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int) -> np.ndarray:
+def filled_round(
+    area: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int, fill: float = 0.6
+) -> np.ndarray:
     """Whether ink of `area` pixels in a box h x w is a round, filled blob (dust, an ink blot, a
     punched hole): a digit's strokes leave much of their box empty."""
-    return np.asarray((area >= 0.6 * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w)))
+    return np.asarray((area >= fill * h * w) & (np.maximum(h, w) <= 2 * np.minimum(h, w)))
 
 
-def blot_ink(
-    labels: np.ndarray, c: Components, ids: np.ndarray, strong: np.ndarray
-) -> np.ndarray | None:
-    """The clear ink of the digit chosen (components `ids`) when it is one round filled blob,
-    else None. Only the digit's box is looked at: this runs on every page."""
-    k = ids - 1
-    box = (slice(c.y0[k].min(), c.y1[k].max()), slice(c.x0[k].min(), c.x1[k].max()))
-    clear = chosen(labels[box], len(c.area), ids) & strong[box]
-    rows, cols = np.flatnonzero(clear.any(axis=1)), np.flatnonzero(clear.any(axis=0))
-    if not len(rows):
-        return None
-    h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
-    if not filled_round(int(np.count_nonzero(clear)), h, w):
-        return None
-    blot = np.zeros(labels.shape, bool)
-    blot[box] = clear
-    return blot
+def blot_ink(digit: Digit, strong: np.ndarray) -> np.ndarray | None:
+    """The clear ink of the digit chosen when it is one round filled blob, else None. Only the
+    digit's box is counted: this runs on every page."""
+    y0, x0, y1, x1 = digit.box
+    clear = int(np.count_nonzero(digit.mask[y0:y1, x0:x1] & strong[y0:y1, x0:x1]))
+    return digit.mask & strong if filled_round(clear, y1 - y0, x1 - x0) else None
 
 
 # A pale digit is read past the dark blots beside it when its ink weighs this many times theirs.
@@ -912,15 +898,15 @@ def find_digits(
         return "only lines, no digit"
     pieces = components(labels, n)
     ids = select_digit(labels, n, pieces)
-    blot = None if blotted is not None else blot_ink(labels, pieces, ids, strong)
+    single = digit_of(chosen(labels, n, ids), strong, t)
+    assert single is not None  # the largest piece has strong ink: it was kept for that
+    blot = None if blotted is not None else blot_ink(single, strong)
     if blot is not None:
         paler = read_past_blots(ink, min_size, smooth, blot, t, floor)
         if paler is not None:
             return paler
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
-    single = digit_of(chosen(labels, n, ids), strong, t)
-    assert single is not None  # the largest piece has strong ink: it was kept for that
     found = read_marks(labels, pieces, strong, t, single)
     found.plain = plain
     return found
@@ -993,11 +979,7 @@ def read_marks(
         return Reading([alternatives(single, strong)], [0], [])
     typical = float(np.median(h[big]))
     # An ink blot is filled and round; a bold 0 as tall as the digits is filled too, but a digit.
-    blob = (
-        (area >= 0.7 * h * w)
-        & (np.maximum(h, w) <= 2 * np.minimum(h, w))
-        & (h < BLOT_HEIGHT * typical)
-    )
+    blob = filled_round(area, h, w, fill=0.7) & (h < BLOT_HEIGHT * typical)
     digit = (h >= DIGIT_HEIGHT * typical) & (area >= 0.05 * area.max()) & ~blob
     joined: list[tuple[int, int]] = []
     free = ~digit  # pieces that may still join a digit
