@@ -135,11 +135,13 @@ def read(
             cuts = [score(cut) for cut in allowed]
             best = allowed[int(np.argmax(cuts))]
             sure = max(cuts) ** len(best)  # the cut's probability: the product
-            alike = width > AGREED_WIDE and agreed(probs, allowed, best) >= AGREED
+            agreement = agreed(probs, allowed, best)
             if max(cuts) > whole + SPLIT_MARGIN:
                 pieces = best  # filed only where its cuts agree (FILED_AGREED)
-                doubt = agreed(probs, allowed, best) < FILED_AGREED
-            elif alike or (sure >= TOUCHING_DOUBT and width > TOO_WIDE):
+                doubt = agreement < FILED_AGREED
+            elif (width > AGREED_WIDE and agreement >= AGREED) or (
+                sure >= TOUCHING_DOUBT and width > TOO_WIDE
+            ):
                 pieces, doubt = best, True  # cut for its width alone: a wide 0 may read "67",
                 # so a person confirms it
             elif whole < SURE_CUT <= sure and width > UNSURE_WIDE:
