@@ -156,8 +156,11 @@ class Corrector(Daemon):
         sha256 = prepared.sha256 or sha256_of(path)
         row = decision_row(previous, path.name, sha256, digits)
         # The model learns from each digit of a page with as many marks as the person read
-        # digits; other decisions are recorded too.
-        images = preprocess.marks_of(prepared.images, prepared.slots, len(digits))
+        # digits; other decisions are recorded too, and so are those of a page read both ways
+        # round (light or dark ink unclear), where which way holds the digits is not known.
+        images = None
+        if prepared.other is None:
+            images = preprocess.marks_of(prepared.images, prepared.slots, len(digits))
         return self.file_decision(path, row, previous, images)
 
     def file_decision(

@@ -231,6 +231,29 @@ def fill(
         row.note = "; ".join([row.note, *notes] if row.note else notes)
 
 
+def surest(readings: Sequence[Read | None]) -> int:
+    """Which of a page's readings (one per way its ink was taken: dark, light) is surest: the
+    highest confidence of the whole string; a reading beats none."""
+    return max(
+        range(len(readings)),
+        key=lambda i: -1.0 if (r := readings[i]) is None else math.prod(r.confidences),
+    )
+
+
+def both_ways(row: Row, rival: Read | None, min_confidence: float) -> None:
+    """Say in the row's note that its page was read both ways round (light or dark ink was
+    unclear) and what the other way read; when that was sure too, and reads otherwise, a
+    person decides."""
+    if row.status in (Status.BLANK, Status.ERROR):
+        return
+    other = "no digit" if rival is None else text(rival.digits, rival.lines)
+    sure = 0.0 if rival is None else math.prod(rival.confidences)
+    note = f"ink light or dark unclear, read both ways: the other way reads {other} ({sure:.4f})"
+    if sure >= min_confidence and other != row.digits:
+        row.status = Status.LOW_CONFIDENCE
+    row.note = "; ".join([row.note, note] if row.note else [note])
+
+
 def describe(expected: tuple[int, int]) -> str:
     low, high = expected
     if low == high:

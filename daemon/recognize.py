@@ -64,6 +64,7 @@ class Prepared:
     slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
     debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
     debug_path: Path | None = None
+    other: Prepared | None = None  # the page read the other way round (see preprocess.prepare)
 
 
 def prepare_file(
@@ -86,6 +87,15 @@ def prepare_file(
         return failed(
             f"internal error ({type(exc).__name__}: {decode.one_line(exc)}); please report", start
         )
+    return of_page(decoded, prepared, debug_path, start)
+
+
+def of_page(
+    decoded: decode.Decoded,
+    prepared: preprocess.Prepared,
+    debug_path: Path | None,
+    start: float,
+) -> Prepared:
     notes = [n for n in (decoded.note, prepared.blank_reason) if n]
     return Prepared(
         prepared.images,
@@ -101,6 +111,9 @@ def prepare_file(
         slashes=prepared.slashes,
         debug=prepared if debug_path is not None else None,
         debug_path=debug_path,
+        other=None
+        if prepared.other is None
+        else of_page(decoded, prepared.other, debug_path, start),
     )
 
 
@@ -351,17 +364,23 @@ class Reader:
     def _classify(self, batch: list[tuple[str, Prepared]]) -> list[Row]:
         """All the candidate images of the batch in one model call, then each file's string."""
         start = time.perf_counter()
-        images = [p.images for _, p in batch if len(p.images)]
+        pages = [[p] if p.other is None else [p, p.other] for _, p in batch]
+        images = [p.images for both in pages for p in both if len(p.images)]
         probs = self.classifier.predict(np.concatenate(images)) if images else np.zeros((0, 10))
         share = elapsed_ms(start) / max(len(probs), 1)
         rows, k = [], 0
-        for name, prepared in batch:
-            mine = probs[k : k + len(prepared.images)]
-            k += len(prepared.images)
-            found = self._read(prepared, mine)
-            row = self._row(name, prepared, found, share * len(mine))
+        for (name, _), both in zip(batch, pages, strict=True):
+            found = []
+            for p in both:
+                found.append(self._read(p, probs[k : k + len(p.images)]))
+                k += len(p.images)
+            best = reading.surest(found)
+            prepared = both[best]
+            row = self._row(name, prepared, found[best], share * sum(len(p.images) for p in both))
+            if len(both) > 1:
+                reading.both_ways(row, found[1 - best], self.min_confidence)
             if prepared.debug is not None and prepared.debug_path is not None:
-                write_strip(prepared.debug_path, prepared.debug, row, found)
+                write_strip(prepared.debug_path, prepared.debug, row, found[best])
             rows.append(row)
         return rows
 

@@ -96,18 +96,21 @@ def risk_coverage(
     labels: np.ndarray,
     thresholds: Sequence[float] = THRESHOLDS,
     held: np.ndarray | None = None,
+    rival: np.ndarray | None = None,
 ) -> list[tuple[float, float, float]]:
     """Per min_confidence: (threshold, share sent to review, error rate among files filed ok).
 
     A file goes to review when its confidence is below min_confidence, as the daemon decides,
-    or when `held` says so (blank, unreadable, doubtful pages).
+    when `held` says so (blank, unreadable, doubtful pages), or when its `rival` (the
+    confidence of another reading of it that reads otherwise, 0 for none) is sure too.
     """
     confidence = probs.max(1)
     wrong = probs.argmax(1) != labels
     kept = np.ones(len(labels), bool) if held is None else ~held
+    rivalled = np.zeros(len(labels)) if rival is None else rival
     rows = []
     for t in thresholds:
-        filed = (confidence >= t) & kept
+        filed = (confidence >= t) & kept & (rivalled < t)
         review = 1.0 - float(filed.mean()) if len(labels) else 0.0
         error = float(wrong[filed].mean()) if filed.any() else 0.0
         rows.append((float(t), review, error))

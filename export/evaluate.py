@@ -238,6 +238,7 @@ class Reading:
     labels: np.ndarray  # int [N]
     probs: np.ndarray  # float32 [N, 10]; rows of zeros where nothing was read
     held: np.ndarray  # bool [N]: to review regardless of confidence
+    rival: np.ndarray | None = None  # float [N]: see calibration.risk_coverage
 
     @property
     def read(self) -> np.ndarray:
@@ -252,47 +253,58 @@ class Reading:
         return calibration.expected_calibration_error(self.probs[self.read], self.labels[self.read])
 
     def risk_coverage(self) -> list[tuple[float, float, float]]:
-        return calibration.risk_coverage(self.probs, self.labels, held=self.held)
+        return calibration.risk_coverage(self.probs, self.labels, held=self.held, rival=self.rival)
+
+
+Candidates = tuple[list[np.ndarray], bool]  # a file's 28x28s to choose from, and held anyway
 
 
 def reading(
     name: str,
     classifier: Classifier,
     labels: np.ndarray,
-    prepared: Sequence[tuple[np.ndarray | None, bool]],
+    prepared: Sequence[Candidates],
 ) -> Reading:
-    """(image or None, sent to review anyway) per file -> the set's Reading."""
+    """(candidate images, sent to review anyway) per file -> the set's Reading: each file read
+    from its surest candidate, as the daemon takes the surer way round of an unclear page (and
+    sends it to review when another candidate reads otherwise as surely: its `rival`)."""
     probs = np.zeros((len(labels), NUM_CLASSES), np.float32)
-    read = [i for i, (image, _) in enumerate(prepared) if image is not None]
-    if read:
-        images = np.stack([prepared[i][0] for i in read]).astype(np.float32)[:, None]  # type: ignore[misc]
-        probs[read] = np.concatenate(
+    rival = np.zeros(len(labels), np.float32)
+    owner = np.array([i for i, (images, _) in enumerate(prepared) for _ in images], np.int64)
+    if len(owner):
+        images = np.stack([im for images, _ in prepared for im in images]).astype(np.float32)
+        every = np.concatenate(
             [classifier.predict(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
         )
-    held = np.array([image is None or doubtful for image, doubtful in prepared], dtype=bool)
-    return Reading(name, labels.astype(np.int64), probs, held)
+        order = np.lexsort((every.max(axis=1), owner))  # by file, the surest last
+        owners, every = owner[order], every[order]
+        last = np.r_[owners[1:] != owners[:-1], True]
+        probs[owners[last]] = every[last]
+        losers = ~last & (every.argmax(1) != probs[owners].argmax(1))
+        np.maximum.at(rival, owners[losers], every[losers].max(1))
+    held = np.array([not images or doubtful for images, doubtful in prepared], dtype=bool)
+    return Reading(name, labels.astype(np.int64), probs, held, rival)
 
 
-def one_digit(
-    images: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]]
-) -> tuple[np.ndarray | None, bool]:
-    """(the digit's 28x28, held) for a file of a one-digit set, read as the daemon reads a
-    one-digit field (`recognition.digits: 1`): one mark is read whole, and a page with no mark
-    or several goes to review whatever the confidence."""
-    if len(slots) != 1:
-        return None, True
-    return images[slots[0][0][0]], False
+def one_digit(p: preprocess.Prepared | recognize.Prepared) -> Candidates:
+    """The candidate 28x28s of a file of a one-digit set, read as the daemon reads a one-digit
+    field (`recognition.digits: 1`): one mark is read whole, and a page with no mark or several
+    goes to review whatever the confidence. A page read both ways round (its ink light or dark
+    unclear) offers each way's digit."""
+    pages = [p] if p.other is None else [p, p.other]
+    images = [q.images[q.slots[0][0][0]] for q in pages if len(q.slots) == 1]
+    return images, False
 
 
-def _prepare_pages(pages: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, bool]]:
-    return [one_digit((p := preprocess.prepare(page)).images, p.slots) for page in pages]
+def _prepare_pages(pages: Sequence[np.ndarray]) -> list[Candidates]:
+    return [one_digit(preprocess.prepare(page)) for page in pages]
 
 
 def pooled(
-    prepare: Callable[[Sequence[Any]], list[tuple[np.ndarray | None, bool]]],
+    prepare: Callable[[Sequence[Any]], list[Candidates]],
     items: Sequence[Any] | np.ndarray,
     chunk: int,
-) -> list[tuple[np.ndarray | None, bool]]:
+) -> list[Candidates]:
     """`prepare` over `items`, `chunk` at a time, on every core, in order."""
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
@@ -304,8 +316,8 @@ def read_pages(classifier: Classifier, pages: np.ndarray, labels: np.ndarray, na
     return reading(name, classifier, labels, pooled(_prepare_pages, pages, 256))
 
 
-def _prepare_files(paths: Sequence[Path]) -> list[tuple[np.ndarray | None, bool]]:
-    return [one_digit((p := recognize.prepare_file(path)).images, p.slots) for path in paths]
+def _prepare_files(paths: Sequence[Path]) -> list[Candidates]:
+    return [one_digit(recognize.prepare_file(path)) for path in paths]
 
 
 def read_labelled_folder(classifier: Classifier, folder: Path) -> Reading:

@@ -11,7 +11,7 @@ from PIL import Image
 from bench.scans import write_set
 from digit_inbox.daemon.classifier import Classifier
 from digit_inbox.daemon.errors import DataError
-from digit_inbox.export import evaluate, mnist
+from digit_inbox.export import calibration, evaluate, mnist
 from tests.helpers import mnist_test_digits
 
 
@@ -119,12 +119,28 @@ def test_a_scan_folder_without_labels_is_a_data_error(tmp_path: Path) -> None:
         evaluate.read_labelled_folder(Classifier(), tmp_path)
 
 
+def test_a_file_with_two_candidates_is_read_from_the_surer() -> None:
+    images, labels = mnist_test_digits()
+    digit = images[0].astype(np.float32) / 255
+    smudge = np.full_like(digit, 0.5)
+    r = evaluate.reading("set", Classifier(), labels[:1], [([smudge, digit], False)])
+    assert r.probs[0].argmax() == labels[0] and r.probs[0].max() > 0.9
+    assert r.rival is not None and r.rival[0] < r.probs[0].max()
+
+
+def test_a_file_whose_other_candidate_reads_otherwise_as_surely_goes_to_review() -> None:
+    probs = np.array([[0.0, 0.999] + [0.0] * 8, [0.999, 0.001] + [0.0] * 8])
+    labels = np.array([1, 0])
+    rows = calibration.risk_coverage(probs, labels, [0.99], rival=np.array([0.995, 0.5]))
+    assert rows == [(0.99, 0.5, 0.0)]
+
+
 def test_blank_and_doubtful_files_go_to_review_and_count_as_not_read() -> None:
     images, labels = mnist_test_digits()
     prepared = [
-        (images[0].astype(np.float32) / 255, False),
-        (None, False),
-        (images[2] / 255.0, True),
+        ([images[0].astype(np.float32) / 255], False),
+        ([], False),
+        ([images[2] / 255.0], True),
     ]
     r = evaluate.reading("set", Classifier(), labels[:3], prepared)
     assert r.read.tolist() == [True, False, True] and r.held.tolist() == [False, True, True]

@@ -96,10 +96,28 @@ def thumbnail(pixels: np.ndarray) -> np.ndarray:
     )
 
 
+def bold_light_seven(width: int) -> np.ndarray:
+    """A large bold 7 in light ink on grey paper: much the same page either way round."""
+    image = Image.new("RGB", (120, 100), (120, 120, 120))
+    x, y, size = 20, 10, 75
+    line = [(x, y), (x + 0.6 * size, y), (x + 0.2 * size, y + size)]
+    ImageDraw.Draw(image).line(line, (235, 235, 235), width)
+    return np.asarray(image)
+
+
+def test_a_page_whose_ink_may_be_light_or_dark_is_read_both_ways_round():
+    classifier = Classifier(threads=1)
+    unclear = preprocess.prepare(bold_light_seven(width=10))
+    assert unclear.other is not None and len(unclear.other.slots) == 1
+    assert classifier.predict(unclear.other.images).argmax(axis=1).tolist() == [7]
+    assert preprocess.prepare(bold_light_seven(width=4)).other is None  # clearly light ink
+    assert preprocess.prepare(scan()).other is None  # clearly dark ink
+
+
 def test_white_on_black_reads_like_black_on_white():
     pixels = scan()
-    assert preprocess.light_ink(thumbnail(255 - pixels))
-    assert not preprocess.light_ink(thumbnail(pixels))
+    assert preprocess.ink_ratio(thumbnail(255 - pixels)) < preprocess.LIGHT_INK
+    assert preprocess.ink_ratio(thumbnail(pixels)) >= preprocess.UNCLEAR_INK
     assert similarity(read(255 - pixels), read(pixels)) > 0.95
 
 

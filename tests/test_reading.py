@@ -55,6 +55,28 @@ def test_a_last_digit_that_may_be_the_slash_of_a_trailing_dash_goes_to_review():
     assert row.note == "digit 3 of 3 may be the slash of a `/-` after the amount"
 
 
+def one_read(digit: int, p: float) -> reading.Read:
+    return reading.read(np.array([sure(digit, p)]), [((0,),)], [0], [0.7])
+
+
+def test_of_a_page_read_both_ways_round_the_surer_reading_is_taken_and_any_beats_none():
+    assert reading.surest([one_read(1, 0.9), one_read(7, 0.999)]) == 1
+    assert reading.surest([one_read(1, 0.999), one_read(7, 0.9)]) == 0
+    assert reading.surest([None, one_read(7, 0.2)]) == 1
+
+
+def test_a_page_read_both_ways_round_says_so_and_goes_to_review_when_both_read_surely():
+    row = row_of([sure(7, 0.9998)], [0], min_confidence=0.99)
+    reading.both_ways(row, one_read(1, 0.95), 0.99)
+    assert row.status is Status.OK
+    assert row.note == "ink light or dark unclear, read both ways: the other way reads 1 (0.9500)"
+    reading.both_ways(row, one_read(1, 0.999), 0.99)
+    assert row.status is Status.LOW_CONFIDENCE
+    sure_alike = row_of([sure(7, 0.9998)], [0], min_confidence=0.99)
+    reading.both_ways(sure_alike, one_read(7, 0.999), 0.99)
+    assert sure_alike.status is Status.OK
+
+
 def test_a_single_digit_reads_as_it_always_has():
     row = row_of([sure(3, 0.95, second=8)], [0])
     assert (row.digits, row.runner_up, row.status) == ("3", "8", Status.OK)

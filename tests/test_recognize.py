@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from digit_inbox.daemon import recognize
 from digit_inbox.daemon.rows import Row, Status
@@ -114,6 +114,19 @@ def test_a_blank_page_is_a_blank_row(tmp_path):
     assert row.digits == "" and row.confidence is None
     assert row.note  # says why
     assert row.sha256 and row.width == 300
+
+
+def test_a_page_read_both_ways_round_takes_its_surer_way_and_a_person_decides_if_both_are_sure(
+    tmp_path,
+):
+    # A bold light 7 on grey paper: taken for dark ink it reads as a 1, a little less surely.
+    image = Image.new("RGB", (120, 100), (120, 120, 120))
+    ImageDraw.Draw(image).line([(20, 10), (65, 10), (35, 85)], (235, 235, 235), 10)
+    image.save(tmp_path / "seven.png")
+    with recognize.Reader(workers=0, min_confidence=0.9) as reader:
+        (row,) = reader.read([(tmp_path / "seven.png", "seven.png")])
+    assert row.digits == "7" and row.status is Status.LOW_CONFIDENCE
+    assert "ink light or dark unclear, read both ways: the other way reads 1" in row.note
 
 
 def test_low_confidence_follows_min_confidence(tmp_path):
