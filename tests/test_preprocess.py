@@ -616,6 +616,15 @@ def test_sparing_a_closer_look_changes_no_reading(monkeypatch):
     assert spared.count(True) >= 40 and spared.count(False) >= 5  # both ways were taken
 
 
+def test_a_tiny_digit_keeps_its_shape_above_a_three_pixel_underline_it_touches():
+    def underline(draw: ImageDraw.ImageDraw) -> None:
+        draw.rectangle([188, 219, 215, 221], fill=BLACK)  # 3 px, past the 7 on both sides
+
+    tiny = {"page": (400, 400), "at": (195, 200), "size": 18, "width": 2}
+    plain = read(scan(**tiny))
+    assert similarity(read(scan(**tiny, clutter=underline)), plain) > 0.9
+
+
 def test_a_small_digit_in_a_form_box_it_touches_gets_the_closer_look_that_removes_the_box(
     monkeypatch,
 ):
