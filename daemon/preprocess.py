@@ -78,6 +78,7 @@ class Prepared:
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # debug images, 0..1
+    crop: bool = False  # a crop of one digit (see CROP_PIXELS): read as one, never cut
     marks: list[tuple[Box, bool]] = field(default_factory=list)
     # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
     other: Prepared | None = None  # the page read as light ink, when its polarity is unclear
@@ -107,6 +108,12 @@ class Reading:
     plain: bool = False  # the mask held one piece of ink and nothing else: no frame nor line
     typical: float = 0.0  # the digits' height on a page of several marks (0: one mark)
     slashes: list[int] = field(default_factory=list)  # positions that may be a `/-`'s slash
+    whole: Digit | None = None  # the page read as one digit: the mark `select_digit` chose
+
+    def as_one_digit(self) -> Reading:
+        """The page read as one digit (a crop of one: see CROP_PIXELS), never cut."""
+        assert self.whole is not None
+        return Reading([[[self.whole]]], [0], self.dropped, plain=self.plain, whole=self.whole)
 
     @property
     def digits(self) -> list[Digit]:
@@ -924,7 +931,7 @@ def find_digits(
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
         return "only specks, no digit"
     found = read_marks(labels, pieces, strong, t, single)
-    found.plain = plain
+    found.plain, found.whole = plain, single
     return found
 
 
@@ -1402,16 +1409,19 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
     Raises DecodeError only for arrays that are not images at all (wrong rank or dtype).
     """
     img = as_page(pixels)
-    if max(img.size) < CROP_PIXELS:
+    crop = max(img.size) < CROP_PIXELS
+    if crop:
         img = with_margin(img)
     w, h = img.size
     if min(h, w) < 3:
         return Prepared(NO_IMAGES, "image too small to hold a digit")
     page = page_pixels(img, overview_size(h, w))
     ratio = ink_ratio(polarity_thumbnail(page))
-    prepared = read_page(img, page, ratio < LIGHT_INK, debug, spare)
+    prepared = read_page(img, page, ratio < LIGHT_INK, debug, spare, crop)
     if LIGHT_INK <= ratio < UNCLEAR_INK:
-        prepared.other = read_page(img, page, True, debug, spare)
+        prepared.other = read_page(img, page, True, debug, spare, crop)
+        prepared.other.crop = crop
+    prepared.crop = crop
     return prepared
 
 
@@ -1423,9 +1433,10 @@ def polarity_thumbnail(page: np.ndarray) -> np.ndarray:
 
 
 def read_page(
-    img: Image.Image, page: np.ndarray, light: bool, debug: bool, spare: bool
+    img: Image.Image, page: np.ndarray, light: bool, debug: bool, spare: bool, is_crop: bool
 ) -> Prepared:
-    """`prepare` of a page whose ink is light (on dark paper) or dark; `page`: its overview."""
+    """`prepare` of a page whose ink is light (on dark paper) or dark, or of a crop of one
+    digit (see CROP_PIXELS), enlarged with a margin; `page`: its overview."""
     look = overview(img, page, light)
     if not isinstance(look.found, Reading) and look.scale < 0.5:
         # A tiny digit may have faded into the paper: a finer overview.
@@ -1450,6 +1461,8 @@ def read_page(
                     # What the overview took for a small digit is, seen closer, no digit: a
                     # piece of a grid or a frame, or a speck. Reading it would file a guess.
                     ink, found = closer[0], f"no digit on a closer look ({closer[1]})"
+    if is_crop and isinstance(found, Reading):
+        found = found.as_one_digit()
     steps = {"page": look.page, "ink": ink} if debug else {}
     if not isinstance(found, Reading):
         return Prepared(NO_IMAGES, found, steps=steps)

@@ -62,6 +62,7 @@ class Prepared:
     lines: list[int] = field(default_factory=list)
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
+    crop: bool = False  # a crop of one digit: read as a one-digit field
     debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
     debug_path: Path | None = None
     other: Prepared | None = None  # the page read the other way round (see preprocess.prepare)
@@ -109,6 +110,7 @@ def of_page(
         lines=prepared.lines,
         shapes=prepared.shapes,
         slashes=prepared.slashes,
+        crop=prepared.crop,
         debug=prepared if debug_path is not None else None,
         debug_path=debug_path,
         other=None
@@ -388,7 +390,9 @@ class Reader:
         """The number on a page with marks, read once for its row and its debug strip."""
         if p.status is not None or not p.slots:
             return None
-        return reading.read(probs, p.slots, p.lines, p.shapes, self.digits, p.slashes)
+        # A crop of one digit is read as a one-digit field: a wide mark there is a wide digit.
+        expected = (1, 1) if p.crop and self.digits is None else self.digits
+        return reading.read(probs, p.slots, p.lines, p.shapes, expected, p.slashes)
 
     def _row(self, name: str, p: Prepared, found: reading.Read | None, ms: float) -> Row:
         row = Row(

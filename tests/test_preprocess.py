@@ -114,6 +114,20 @@ def test_a_page_whose_ink_may_be_light_or_dark_is_read_both_ways_round():
     assert preprocess.prepare(scan()).other is None  # clearly dark ink
 
 
+def wide_zero(scale: int) -> np.ndarray:
+    image = Image.new("L", (44 * scale, 30 * scale), 245)
+    box = [4 * scale, 4 * scale, 40 * scale, 26 * scale]
+    ImageDraw.Draw(image).ellipse(box, outline=20, width=max(2, 3 * scale))
+    return np.asarray(image)
+
+
+def test_a_crop_is_one_digit_never_cut_while_the_same_ink_on_a_page_is_offered_cut():
+    crop = preprocess.prepare(wide_zero(1))  # 44 x 30 px, as datasets and form fields store one
+    assert crop.crop and [len(slot) for slot in crop.slots] == [1]
+    page = preprocess.prepare(wide_zero(6))  # the same ink on a scan may be two digits touching
+    assert not page.crop and len(page.slots) == 1 and len(page.slots[0]) > 1
+
+
 def test_white_on_black_reads_like_black_on_white():
     pixels = scan()
     assert preprocess.ink_ratio(thumbnail(255 - pixels)) < preprocess.LIGHT_INK
