@@ -1420,8 +1420,6 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
     prepared = read_page(img, page, ratio < LIGHT_INK, debug, spare, crop)
     if LIGHT_INK <= ratio < UNCLEAR_INK:
         prepared.other = read_page(img, page, True, debug, spare, crop)
-        prepared.other.crop = crop
-    prepared.crop = crop
     return prepared
 
 
@@ -1484,7 +1482,9 @@ def read_page(
         slots.append(tuple(slot))
     if not images:  # every mark's clear ink was cut away: nothing left to read
         return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
-    prepared = Prepared(np.stack(images), "", slots, found.lines, shapes, found.slashes, steps)
+    prepared = Prepared(
+        np.stack(images), "", slots, found.lines, shapes, found.slashes, steps, crop=is_crop
+    )
     if debug:
         mask = np.zeros(ink.shape, bool)
         for digit in found.digits:
