@@ -920,6 +920,10 @@ def find_digits(
     if n == 0:
         return "only lines, no digit"
     pieces = components(labels, n)
+    frames = box_frames(labels, pieces)
+    if frames.any():
+        labels, n = keep_labels(labels, n, np.flatnonzero(~frames) + 1)
+        pieces = components(labels, n)
     ids = select_digit(labels, n, pieces)
     single = digit_of(chosen(labels, n, ids), strong, t)
     assert single is not None  # the largest piece has strong ink: it was kept for that
@@ -933,6 +937,28 @@ def find_digits(
     found = read_marks(labels, pieces, strong, t, single)
     found.plain, found.whole = plain, single
     return found
+
+
+FRAME_RIM = 0.12  # of a piece's shorter side: a drawn box's ink lies this close to its edges
+FRAME_SHARE = 0.9  # ... this much of it
+
+
+def box_frames(labels: np.ndarray, c: Components) -> np.ndarray:
+    """Per piece, whether it is a box drawn around another piece: its ink hugs the edges of its
+    own bounding box (a rectangle's sides; a 0's ink touches them only at four points) and
+    another piece lies inside it. Its sides may be too short or too faint to be found as lines
+    (a light box around one digit on squared paper), and as one piece it outweighs a thin 1."""
+    frames = np.zeros(len(c.area), bool)
+    for i in np.flatnonzero((c.y1 - c.y0 >= 8) & (c.x1 - c.x0 >= 8)):
+        y0, x0, y1, x1 = int(c.y0[i]), int(c.x0[i]), int(c.y1[i]), int(c.x1[i])
+        inside = (c.y0 > y0) & (c.x0 > x0) & (c.y1 < y1) & (c.x1 < x1)
+        if not inside.any():
+            continue
+        rim = max(2, round(FRAME_RIM * min(y1 - y0, x1 - x0)))
+        piece = labels[y0:y1, x0:x1] == i + 1
+        core = piece[rim:-rim, rim:-rim]
+        frames[i] = np.count_nonzero(core) <= (1 - FRAME_SHARE) * c.area[i]
+    return frames
 
 
 def read_past_blots(

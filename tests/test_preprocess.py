@@ -639,6 +639,28 @@ def test_a_tiny_digit_keeps_its_shape_above_a_three_pixel_underline_it_touches()
     assert similarity(read(scan(**tiny, clutter=underline)), plain) > 0.9
 
 
+def pieces_of(draw_on: Callable[[ImageDraw.ImageDraw], None]) -> tuple[np.ndarray, list[bool]]:
+    image = Image.new("1", (80, 100), 0)
+    draw_on(ImageDraw.Draw(image))
+    labels, n = preprocess.label(np.asarray(image))
+    c = preprocess.components(labels, n)
+    order = np.argsort(c.area)[::-1]  # largest first
+    return c.area[order], preprocess.box_frames(labels, c)[order].tolist()
+
+
+def test_a_box_drawn_around_a_digit_is_a_frame_and_a_zero_around_a_dot_is_not():
+    def boxed_one(draw: ImageDraw.ImageDraw) -> None:
+        draw.rectangle([5, 5, 74, 94], outline=1, width=2)
+        draw.line([(40, 20), (38, 80)], fill=1, width=3)
+
+    def zero_and_dot(draw: ImageDraw.ImageDraw) -> None:
+        draw.ellipse([5, 5, 74, 94], outline=1, width=6)
+        draw.ellipse([38, 48, 42, 52], fill=1)
+
+    assert pieces_of(boxed_one)[1] == [True, False]  # the box outweighs the 1, and goes
+    assert pieces_of(zero_and_dot)[1] == [False, False]
+
+
 def test_a_small_digit_in_a_form_box_it_touches_gets_the_closer_look_that_removes_the_box(
     monkeypatch,
 ):
