@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +129,17 @@ Job = tuple[Path, int, Path | None, int]  # prepare_file's arguments
 def prepare_files(jobs: Sequence[Job]) -> list[Prepared]:
     """A worker's task: a few files in one round trip."""
     return [prepare_file(*job) for job in jobs]
+
+
+def submitted(pool: ProcessPoolExecutor, jobs: list[Job]) -> Future[list[Prepared]]:
+    """`prepare_files(jobs)` on `pool`; a pool a worker died in since its last result was read
+    refuses new work at once: that comes back as the future's error, handled as any crash."""
+    try:
+        return pool.submit(prepare_files, jobs)
+    except BrokenProcessPool as exc:
+        future: Future[list[Prepared]] = Future()
+        future.set_exception(exc)
+        return future
 
 
 def elapsed_ms(start: float) -> float:
@@ -322,7 +333,7 @@ class Reader:
                     break
                 pool = self._running_pool()
                 jobs = [self._job(p, n) for p, n in chunk]
-                pending.append((chunk, pool.submit(prepare_files, jobs), pool))
+                pending.append((chunk, submitted(pool, jobs), pool))
             if not pending:
                 return
             chunk, future, pool = pending.popleft()
@@ -342,10 +353,11 @@ class Reader:
     ) -> list[Prepared]:
         try:
             return future.result()
-        except BrokenProcessPool:
+        except (BrokenProcessPool, CancelledError):
             # A worker died (a decoder crashed, or the OOM killer), failing every chunk queued
-            # on its pool: replace that pool once, then retry these files one by one, so only
-            # a file that kills a worker again gets an error row.
+            # on its pool (or cancelling it, when the pool was replaced first): replace that
+            # pool once, then retry these files one by one, so only a file that kills a worker
+            # again gets an error row.
             log.warning("a worker process died; retrying its files one by one")
             if pool is self._pool:
                 self._restart_pool()

@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,41 @@ def test_a_worker_crash_costs_one_error_row_and_few_pool_restarts(
     assert [(r.file, r.error) for r in failed] == crashed
     # The first pool, one replacement after the crash, one after the crashing file's retry.
     assert len(pools) <= 3
+
+
+def test_a_pool_broken_before_a_chunk_is_handed_to_it_costs_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_new_pool = recognize.new_pool
+    refused: list[int] = []
+
+    class BrokenOnce:
+        """A pool that refuses its first task, as one does once a worker has died."""
+
+        def __init__(self, workers: int) -> None:
+            self.pool = real_new_pool(workers)
+
+        def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+            if not refused:
+                refused.append(1)
+                raise BrokenProcessPool("a worker died")
+            return self.pool.submit(fn, *args)
+
+        def shutdown(self, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            self.pool.shutdown(**kwargs)
+
+    monkeypatch.setattr(recognize, "new_pool", BrokenOnce)
+    digits, labels = mnist_test_digits()
+    items = []
+    for i in range(20):
+        Image.fromarray(digits[i]).save(tmp_path / f"{i:02d}.png")
+        items.append((tmp_path / f"{i:02d}.png", f"{i:02d}.png"))
+    with recognize.Reader(workers=2, batch_size=8) as reader:
+        rows = reader.read(items)
+    assert refused == [1]
+    assert [r.file for r in rows] == [name for _, name in items]
+    assert not [r for r in rows if r.status is Status.ERROR]
+    assert sum(r.digits == str(label) for r, label in zip(rows, labels, strict=False)) >= 19
 
 
 def test_a_known_batch_ends_in_single_files_so_the_workers_finish_it_together():
