@@ -868,9 +868,7 @@ def blot_ink(digit: Digit, strong: np.ndarray) -> np.ndarray | None:
 BLOTTED_DIGIT = 3.0
 
 
-def find_digits(
-    ink: np.ndarray, min_size: float, blotted: np.ndarray | None = None
-) -> Reading | str:
+def find_digits(ink: np.ndarray, min_size: float) -> Reading | str:
     """The digits' ink in an ink-strength map, in reading order, or why there is none (a blank
     reason).
 
@@ -885,15 +883,22 @@ def find_digits(
     finds far more ink than the blot. A digit smaller than `min_size` px is a speck.
     """
     smooth = smoothed(ink)
-    floor = max(noise_floor(smooth), CONTRAST_FLOOR)
+    return digits_in(smooth, max(noise_floor(smooth), CONTRAST_FLOOR), min_size)
+
+
+def digits_in(
+    smooth: np.ndarray, floor: float, min_size: float, blotted: np.ndarray | None = None
+) -> Reading | str:
+    """`find_digits` of the smoothed ink map, its noise `floor` known."""
     t = max(threshold(smooth if blotted is None else np.where(blotted, 0, smooth)), floor)
     if not (smooth >= t).any():
         return "no ink darker than the paper"
     low = max(floor, HYSTERESIS * t)
     raw = smooth >= low
     mask = clear_border(raw)
+    frame = raw & ~mask
     horizontal, vertical = line_candidates(mask), line_candidates(mask.T)
-    structure = raw & ~mask
+    structure = frame.copy()
     for line in horizontal:
         structure |= line.pixels
     for line in vertical:
@@ -904,7 +909,6 @@ def find_digits(
         t = min(t, max(threshold(quiet), floor))
         if max(floor, HYSTERESIS * t) < low - 0.02:
             low = max(floor, HYSTERESIS * t)
-            frame = raw & ~mask
             mask = clear_border(smooth >= low)
             if np.count_nonzero(mask & frame) > 0.1 * np.count_nonzero(frame):
                 # Fainter, the paper beyond the frame found holds enough grain that
@@ -929,7 +933,7 @@ def find_digits(
     assert single is not None  # the largest piece has strong ink: it was kept for that
     blot = None if blotted is not None else blot_ink(single, strong)
     if blot is not None:
-        paler = read_past_blots(ink, min_size, smooth, blot, t, floor)
+        paler = read_past_blots(smooth, floor, min_size, blot, t)
         if paler is not None:
             return paler
     if is_speck(labels == ids[0], min_size):  # a digit's largest piece is more than a speck
@@ -962,19 +966,14 @@ def box_frames(labels: np.ndarray, c: Components) -> np.ndarray:
 
 
 def read_past_blots(
-    ink: np.ndarray,
-    min_size: float,
-    smooth: np.ndarray,
-    blot: np.ndarray,
-    t: float,
-    floor: float,
+    smooth: np.ndarray, floor: float, min_size: float, blot: np.ndarray, t: float
 ) -> Reading | None:
     """The page read again with the blot found as its digit left out of the threshold, when
     that finds one paler mark (a lower threshold) of clear ink (on average twice the noise
     `floor`, where faint remains of lines, grain or shading are not) with BLOTTED_DIGIT times
     the blot's ink; else None. A bold filled 0, or a digit too small or blurred to show its
     strokes, stays what was found."""
-    again = find_digits(ink, min_size, blotted=blot)
+    again = digits_in(smooth, floor, min_size, blotted=blot)
     if not isinstance(again, Reading) or len(again.positions) != 1:
         return None
     weight = smooth[again.digits[0].mask]
