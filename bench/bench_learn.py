@@ -31,6 +31,7 @@ import numpy as np
 from digit_inbox.daemon import learn, preprocess
 from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE as MIN_CONFIDENCE  # to review
+from digit_inbox.daemon.contract import NUM_DIGITS
 from digit_inbox.daemon.learn import Outcome
 from digit_inbox.export import calibration, mnist, usps
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     x = learn.features(session, images)
     data_dir = mnist.resolve_data_dir(None)
     base = surgery.head
-    probs = calibration.softmax(base.logits(x[:cut]))
+    probs = calibration.softmax(base.logits(x[:cut]))[:, :NUM_DIGITS]  # as the daemon reads
     reviewed = probs.max(1) < MIN_CONFIDENCE
     rng = np.random.default_rng(0)
     spot = rng.random(cut) < args.spot_check
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def numpy_last_layer(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
         head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
-        return calibration.softmax(head.logits(unseen_x)), outcome
+        return calibration.softmax(head.logits(unseen_x))[:, :NUM_DIGITS], outcome
 
     def torch_finetune(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
         from digit_inbox.export import finetune
@@ -129,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         candidate, outcome = finetune.finetune(
             surgery, images[chosen], labels[chosen], hold, data_dir
         )
-        return finetune.probabilities(candidate, images[cut:]), outcome
+        return finetune.probabilities(candidate, images[cut:])[:, :NUM_DIGITS], outcome
 
     methods = {"numpy": numpy_last_layer, "torch": torch_finetune}
     print(f"first part: {reviewed.sum()} of {cut} went to review")
-    before = calibration.softmax(base.logits(unseen_x))
+    before = calibration.softmax(base.logits(unseen_x))[:, :NUM_DIGITS]
 
     def on_unseen(p: np.ndarray) -> str:
         """Accuracy, errors, errors filed with status ok (nobody looks at them again) and the

@@ -55,8 +55,16 @@ class Classifier:
             problems.append(f"inputs are {[i.name for i in inputs]}, expected ['image']")
         elif list(inputs[0].shape[1:]) != [1, contract.IMAGE_SIZE, contract.IMAGE_SIZE]:
             problems.append(f"input shape is {inputs[0].shape}, expected [N, 1, 28, 28]")
-        if contract.OUTPUT_NAME not in [o.name for o in outputs]:
+        named = [o for o in outputs if o.name == contract.OUTPUT_NAME]
+        if not named:
             problems.append(f"outputs are {[o.name for o in outputs]}, expected 'probs'")
+        elif named[0].shape[-1] not in (contract.NUM_CLASSES, None) and isinstance(
+            named[0].shape[-1], int
+        ):
+            problems.append(
+                f"it gives {named[0].shape[-1]} probabilities an image, expected "
+                f"{contract.NUM_CLASSES} (the ten digits, then 'not one digit')"
+            )
         version = self.metadata.get(contract.META_CONTRACT)
         if version is not None and version != contract.CONTRACT_VERSION:
             problems.append(
@@ -67,13 +75,15 @@ class Classifier:
             raise ModelError(f"{self.path}: not a digit-inbox model: " + "; ".join(problems))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, 10] for images [N, 1, 28, 28] (or [N, 28, 28]) in 0..1, ink = 1."""
+        """Probabilities [N, 10] of each digit for images [N, 1, 28, 28] (or [N, 28, 28]) in
+        0..1, ink = 1. A row sums to less than 1 by the probability that the image is not one
+        digit (the model's last class): a reading's confidence is that of being that digit."""
         batch = np.ascontiguousarray(images, dtype=np.float32).reshape(
             -1, 1, contract.IMAGE_SIZE, contract.IMAGE_SIZE
         )
         if len(batch) == 0:
-            return np.zeros((0, contract.NUM_CLASSES), dtype=np.float32)
+            return np.zeros((0, contract.NUM_DIGITS), dtype=np.float32)
         probs: np.ndarray = self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[
             0
         ]
-        return probs
+        return probs[:, : contract.NUM_DIGITS]

@@ -11,13 +11,15 @@ names another version, so a retrained model and the preprocessing can never sile
 
 from __future__ import annotations
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 IMAGE_SIZE = 28
 DIGIT_BOX = 20
-NUM_CLASSES = 10
+NUM_DIGITS = 10
+NOT_ONE_DIGIT = 10  # the last class: ink that is not one digit (digits touching)
+NUM_CLASSES = NUM_DIGITS + 1
 DTYPE = "float32"
 
 # Below this calibrated confidence a reading goes to review. Chosen from the shipped model's

@@ -58,9 +58,10 @@ class Head:
         return (features @ self.weight.T + self.bias) / self.temperature
 
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """The share of digits whose likeliest digit is theirs (the daemon's reading)."""
         if len(labels) == 0:
             return float("nan")
-        return float((self.logits(features).argmax(1) == labels).mean())
+        return float((self.logits(features)[:, : contract.NUM_DIGITS].argmax(1) == labels).mean())
 
     def loss(self, features: np.ndarray, labels: np.ndarray) -> float:
         """Mean cross-entropy of the model's probabilities (what `fit` lowers)."""
@@ -126,9 +127,11 @@ class Surgery:
         return session(model.SerializeToString())
 
     def mnist_features(self, mnist_dir: Path, replay: int) -> tuple[np.ndarray, ...]:
-        """Features and labels of `replay` MNIST training images and of MNIST test (computed
-        once per model: a benchmark adapts one model many times)."""
-        from digit_inbox.export import mnist
+        """Features and labels of `replay` MNIST training images, followed by marks of them
+        touching (the model's last class, as it was trained: no decision teaches that class,
+        and replay keeps it), and of MNIST test (computed once per model: a benchmark adapts
+        one model many times)."""
+        from digit_inbox.export import mnist, pairs
 
         key = (mnist_dir, replay)
         if key not in self.cache:
@@ -137,9 +140,12 @@ class Surgery:
             test = mnist.load_split(mnist_dir, "test")
             count = min(replay, len(train.images))
             chosen = np.random.default_rng(0).choice(len(train.images), count, replace=False)
+            touching = pairs.make(train.images[chosen], round(pairs.SHARE * count), seed=0)
             self.cache[key] = (
-                features(session, train.images[chosen] / 255.0),
-                train.labels[chosen].astype(np.int64),
+                features(session, np.concatenate([train.images[chosen] / 255.0, touching])),
+                np.concatenate(
+                    [train.labels[chosen], np.full(len(touching), contract.NOT_ONE_DIGIT)]
+                ).astype(np.int64),
                 features(session, test.images / 255.0),
                 test.labels.astype(np.int64),
             )

@@ -1296,6 +1296,43 @@ def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
     return [cuts]
 
 
+PIECE_INK = 0.1  # of a 28x28's full ink: fainter pixels are its anti-aliased rim
+
+
+def cuts_of(image: np.ndarray) -> list[tuple[list[np.ndarray], list[float]]]:
+    """A mark's own 28x28 cut in two (or three, when it is wide enough) the ways `alternatives`
+    cuts a page's mark, each piece normalised again: [(pieces, their ink's width / height)].
+
+    For a mark the model reads as not one digit but too narrow for preprocessing to have
+    offered it cut (digits overlapping are as narrow as one): its 28x28 holds the mark at a
+    digit's size, so the pieces lose little."""
+    ink = image > PIECE_INK
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if len(cols) < 4:
+        return []
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    mark = image[y0:y1, x0:x1]
+    h, w = mark.shape
+    found = []
+    for k in [2] if w <= 1.9 * h else [2, 3]:
+        for cuts in cut_sets(mark.sum(axis=0), k):
+            pieces, shapes = [], []
+            for a, b in zip([0, *cuts], [*cuts, w], strict=True):
+                piece = mark[:, a:b]
+                if piece.sum() < 0.1 * mark.sum() / k:
+                    break
+                rows = np.flatnonzero((piece > PIECE_INK).any(axis=1))
+                cols = np.flatnonzero((piece > PIECE_INK).any(axis=0))
+                if not len(rows):
+                    break
+                piece = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+                pieces.append(boxed(piece))
+                shapes.append(piece.shape[1] / piece.shape[0])
+            if len(pieces) == k:
+                found.append((pieces, shapes))
+    return found
+
+
 def aspect(box: Box, typical: float = 0.0) -> float:
     """Width over height of a box (y0, x0, y1, x1), or over the `typical` digit height where
     that is taller: a flat 2 in a number is not wide for its line, two digits touching are."""
@@ -1397,11 +1434,16 @@ def normalise(ink: np.ndarray, digit: Digit) -> tuple[np.ndarray, np.ndarray]:
 
     # No stroke-width normalisation: thickening fine pens and thinning markers measured no
     # better on scans (the model was trained on thicker, thinner and fainter strokes).
+    return boxed(crop), crop
+
+
+def boxed(crop: np.ndarray) -> np.ndarray:
+    """Ink cropped to its box (0..1) -> the model's 28x28: fitted into 20x20 keeping its aspect
+    ratio, placed by its centre of mass."""
     h, w = crop.shape
     scale = DIGIT_BOX / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = np.clip(resized(crop, size), 0, 1)
-    return centre(small), crop
+    return centre(np.clip(resized(crop, size), 0, 1))
 
 
 def centre(small: np.ndarray) -> np.ndarray:

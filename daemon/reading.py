@@ -78,6 +78,21 @@ LONE_WIDE = 1.0
 LONE_SURE = 0.9995
 
 
+# The model's last class says an image holds ink that is not one digit (digits touching): its
+# digits' probabilities then sum to less than one. A mark offered whole only, whose digits
+# share less than ONE_DIGIT, is offered cut too (preprocess.cuts_of).
+ONE_DIGIT = 0.5
+
+
+def not_one_digit(probs: np.ndarray, slots: Sequence[tuple[tuple[int, ...], ...]]) -> list[int]:
+    """The slots offered whole only whose image the model reads as not one digit."""
+    return [
+        k
+        for k, slot in enumerate(slots)
+        if len(slot) == 1 and len(slot[0]) == 1 and float(probs[slot[0][0]].sum()) < ONE_DIGIT
+    ]
+
+
 @dataclass
 class Read:
     probs: np.ndarray  # (n, 10): the probabilities of each digit read, in reading order

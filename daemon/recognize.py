@@ -147,16 +147,17 @@ def elapsed_ms(start: float) -> float:
 
 
 def write_strip(
-    path: Path, prepared: preprocess.Prepared, row: Row, found: reading.Read | None
+    path: Path, page: preprocess.Prepared, images: np.ndarray, row: Row, found: reading.Read | None
 ) -> None:
-    """The debug strip of a page with the digits the row was read from (`found`)."""
+    """The debug strip of a page with the digits the row was read from (`found`: indices into
+    `images`, the page's images with any cut after the model read them)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         digits = []
         if found is not None:
             for k, (i, p) in enumerate(zip(found.images, found.probs, strict=True)):
-                digits.append((prepared.images[i], f"{k + 1}: {int(p.argmax())} {p.max():.2f}"))
-        picture = preprocess.strip(prepared.steps, result(row), prepared.marks, digits)
+                digits.append((images[i], f"{k + 1}: {int(p.argmax())} {p.max():.2f}"))
+        picture = preprocess.strip(page.steps, result(row), page.marks, digits)
         Image.fromarray(picture).save(path)
     except OSError as exc:
         log.warning("cannot write the debug strip %s: %s", path, exc)
@@ -386,7 +387,7 @@ class Reader:
         for (name, _), both in zip(batch, pages, strict=True):
             found = []
             for p in both:
-                found.append(self._read(p, probs[k : k + len(p.images)]))
+                found.append(self._read(p, self._recut(p, probs[k : k + len(p.images)])))
                 k += len(p.images)
             best = reading.surest(found)
             prepared = both[best]
@@ -394,17 +395,38 @@ class Reader:
             if len(both) > 1:
                 reading.both_ways(row, found[1 - best], self.min_confidence)
             if prepared.debug is not None and prepared.debug_path is not None:
-                write_strip(prepared.debug_path, prepared.debug, row, found[best])
+                write_strip(prepared.debug_path, prepared.debug, prepared.images, row, found[best])
             rows.append(row)
         return rows
+
+    def _expected(self, p: Prepared) -> tuple[int, int] | None:
+        # A crop of one digit is read as a one-digit field: a wide mark there is a wide digit.
+        return (1, 1) if p.crop and self.digits is None else self.digits
+
+    def _recut(self, p: Prepared, probs: np.ndarray) -> np.ndarray:
+        """Offer cut, and read, the marks the model reads as not one digit that preprocessing
+        offered whole only (see reading.not_one_digit); `p` gains their pieces. Rare: one more
+        model call for the page."""
+        expected = self._expected(p)
+        if p.status is not None or (expected is not None and expected[1] <= len(p.slots)):
+            return probs
+        images, shapes, slots = [*p.images], [*p.shapes], [*p.slots]
+        for k in reading.not_one_digit(probs, p.slots):
+            for pieces, aspects in preprocess.cuts_of(p.images[slots[k][0][0]]):
+                slots[k] += (tuple(range(len(images), len(images) + len(pieces))),)
+                images += pieces
+                shapes += aspects
+        if len(images) == len(p.images):
+            return probs
+        extra = self.classifier.predict(np.stack(images[len(p.images) :]))
+        p.images, p.shapes, p.slots = np.stack(images), shapes, slots
+        return np.concatenate([probs, extra])
 
     def _read(self, p: Prepared, probs: np.ndarray) -> reading.Read | None:
         """The number on a page with marks, read once for its row and its debug strip."""
         if p.status is not None or not p.slots:
             return None
-        # A crop of one digit is read as a one-digit field: a wide mark there is a wide digit.
-        expected = (1, 1) if p.crop and self.digits is None else self.digits
-        return reading.read(probs, p.slots, p.lines, p.shapes, expected, p.slashes)
+        return reading.read(probs, p.slots, p.lines, p.shapes, self._expected(p), p.slashes)
 
     def _row(self, name: str, p: Prepared, found: reading.Read | None, ms: float) -> Row:
         row = Row(

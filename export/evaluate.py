@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digit_inbox.daemon import preprocess, recognize
 from digit_inbox.daemon.classifier import Classifier
-from digit_inbox.daemon.contract import NUM_CLASSES
+from digit_inbox.daemon.contract import NUM_DIGITS
 from digit_inbox.daemon.errors import DataError, ExitCode
 from digit_inbox.export import calibration, mnist, usps
 
@@ -62,14 +62,14 @@ def run(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> Evalu
     started = time.perf_counter()
     probs = np.concatenate(
         [classifier.predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
-        or [np.zeros((0, NUM_CLASSES), np.float32)]
+        or [np.zeros((0, NUM_DIGITS), np.float32)]
     )
     return Evaluation(labels, probs, time.perf_counter() - started)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """Counts [10, 10]: rows are the true digit, columns the predicted one."""
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    matrix = np.zeros((NUM_DIGITS, NUM_DIGITS), dtype=np.int64)
     np.add.at(matrix, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
     return matrix
 
@@ -81,8 +81,8 @@ def per_digit_accuracy(matrix: np.ndarray) -> np.ndarray:
 
 def format_confusion(matrix: np.ndarray) -> str:
     width = max(5, len(str(int(matrix.max()))) + 1)
-    head = "true\\pred" + "".join(f"{d:>{width}}" for d in range(NUM_CLASSES))
-    rows = [f"{t:>9}" + "".join(f"{n:>{width}}" for n in matrix[t]) for t in range(NUM_CLASSES)]
+    head = "true\\pred" + "".join(f"{d:>{width}}" for d in range(NUM_DIGITS))
+    rows = [f"{t:>9}" + "".join(f"{n:>{width}}" for n in matrix[t]) for t in range(NUM_DIGITS)]
     return "\n".join([head, *rows])
 
 
@@ -128,7 +128,7 @@ def draw_confusion(matrix: np.ndarray, title: str = "") -> Image.Image:
     A linear scale would paint every mistake white next to a diagonal of ~1,000.
     """
     cell, left, top, right, bottom = 54, 96, 92, 92, 20
-    n = NUM_CLASSES
+    n = NUM_DIGITS
     size = (left + n * cell + right, top + n * cell + bottom)
     image = Image.new("RGB", size, WHITE)
     draw = ImageDraw.Draw(image)
@@ -268,7 +268,7 @@ def reading(
     """(candidate images, sent to review anyway) per file -> the set's Reading: each file read
     from its surest candidate, as the daemon takes the surer way round of an unclear page (and
     sends it to review when another candidate reads otherwise as surely: its `rival`)."""
-    probs = np.zeros((len(labels), NUM_CLASSES), np.float32)
+    probs = np.zeros((len(labels), NUM_DIGITS), np.float32)
     rival = np.zeros(len(labels), np.float32)
     owner = np.array([i for i, (images, _) in enumerate(prepared) for _ in images], np.int64)
     if len(owner):

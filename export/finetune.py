@@ -140,7 +140,8 @@ def scores(model: bytes, images: np.ndarray, labels: np.ndarray) -> tuple[float,
         return float("nan"), float("nan")
     probs = probabilities(model, images)
     right = np.maximum(probs[np.arange(len(labels)), labels], 1e-12)
-    return float((probs.argmax(1) == labels).mean()), float(-np.log(right).mean())
+    read = probs[:, : contract.NUM_DIGITS].argmax(1)  # the digit the daemon would read
+    return float((read == labels).mean()), float(-np.log(right).mean())
 
 
 def finetune(
@@ -161,19 +162,19 @@ def finetune(
     decisions, decision_labels = images[~hold], labels[~hold]
     share = learn.decision_share(len(decisions), len(replay))
     repeat = math.ceil(share / (1 - share) * len(replay) / len(decisions))
+    replayed, replayed_labels = train.with_pairs(
+        train_split.images[replay], train_split.labels[replay], seed, "cpu"
+    )  # the model's last class is replayed too: no decision teaches it
     x = torch.cat(
         [
-            train.to_tensor(train_split.images[replay], "cpu"),
+            replayed,
             torch.from_numpy(np.asarray(decisions, np.float32))
             .unsqueeze(1)
             .repeat(repeat, 1, 1, 1),
         ]
     )
     y = torch.cat(
-        [
-            torch.from_numpy(train_split.labels[replay].astype(np.int64)),
-            torch.from_numpy(decision_labels.astype(np.int64)).repeat(repeat),
-        ]
+        [replayed_labels, torch.from_numpy(decision_labels.astype(np.int64)).repeat(repeat)]
     )
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     g = torch.Generator().manual_seed(seed)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from digit_inbox.daemon.contract import CONTRACT_VERSION, IMAGE_SIZE
-from digit_inbox.export import calibration, mnist
+from digit_inbox.daemon.contract import CONTRACT_VERSION, IMAGE_SIZE, NOT_ONE_DIGIT, NUM_CLASSES
+from digit_inbox.export import calibration, mnist, pairs
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,13 @@ def cnn() -> nn.Module:
         *block(32, 64), *block(64, 64), nn.MaxPool2d(2),  # 7x7
         *block(64, 128), nn.MaxPool2d(2),  # 3x3
         nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 9, 128), nn.ReLU(),
-        nn.Dropout(0.3), nn.Linear(128, 10),
+        nn.Dropout(0.3), nn.Linear(128, NUM_CLASSES),
     )  # fmt: skip
 
 
 def softmax_regression() -> nn.Module:
-    """The classic tutorial baseline: one linear layer 784 -> 10."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 10))
+    """The classic tutorial baseline: one linear layer 784 -> the classes."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES))
 
 
 ARCHITECTURES = {"cnn": cnn, "softmax": softmax_regression}
@@ -172,6 +172,16 @@ def to_tensor(images: Any, device: str) -> Tensor:
     return torch.as_tensor(np.array(images), device=device).float().div(255).unsqueeze(1)
 
 
+def with_pairs(images: Any, labels: Any, seed: int, device: str) -> tuple[Tensor, Tensor]:
+    """The digits and their labels, followed by `pairs.SHARE` as many marks of two or three of
+    them touching, labelled NOT_ONE_DIGIT (the model's last class)."""
+    images = np.asarray(images)
+    marks = pairs.make(images, round(pairs.SHARE * len(images)), seed)
+    x = torch.cat([to_tensor(images, device), torch.as_tensor(marks, device=device).unsqueeze(1)])
+    y = np.concatenate([np.asarray(labels, np.int64), np.full(len(marks), NOT_ONE_DIGIT)])
+    return x, torch.as_tensor(y, device=device)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -219,12 +229,17 @@ def logits_of(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(loss, accuracy): a digit is read right when its likeliest digit is it, as the daemon
+    reads it; a mark of touching digits when the model's likeliest class is NOT_ONE_DIGIT."""
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        loss += float(F.cross_entropy(logits, y[start : start + batch_size], reduction="sum"))
-        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
+        logits, yb = model(x[start : start + batch_size]), y[start : start + batch_size]
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        read = torch.where(
+            yb == NOT_ONE_DIGIT, logits.argmax(1), logits[:, :NOT_ONE_DIGIT].argmax(1)
+        )
+        correct += int((read == yb).sum())
     return loss / len(x), correct / len(x)
 
 
@@ -266,10 +281,10 @@ def train(
     val_idx, train_idx = split_indices(len(train_split.labels), seed, val_size)
     if dry_run:
         train_idx, val_idx, epochs = train_idx[:512], val_idx[:256], 1
-    x_train = to_tensor(train_split.images[train_idx], device)
-    y_train = torch.as_tensor(np.array(train_split.labels[train_idx]), device=device).long()
-    x_val = to_tensor(train_split.images[val_idx], device)
-    y_val = torch.as_tensor(np.array(train_split.labels[val_idx]), device=device).long()
+    x_train, y_train = with_pairs(train_split.images[train_idx], train_split.labels[train_idx],
+                                  seed, device)  # fmt: skip
+    x_val, y_val = with_pairs(train_split.images[val_idx], train_split.labels[val_idx],
+                              seed + 1, device)  # fmt: skip
 
     model = ARCHITECTURES[arch]().to(device)
     steps = epochs * math.ceil(len(x_train) / batch_size)

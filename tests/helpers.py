@@ -321,15 +321,15 @@ def ensemble_model(path: Path, width: int = 128, temperature: float = 0.5) -> No
         helper.make_node("Softmax", ["cooled"], ["probs"], axis=1),
     ]
     weights += [
-        numpy_helper.from_array(rng.normal(0, 0.1, (10, 2 * width)).astype(np.float32), "W"),
-        numpy_helper.from_array(np.zeros(10, np.float32), "B"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (11, 2 * width)).astype(np.float32), "W"),
+        numpy_helper.from_array(np.zeros(11, np.float32), "B"),
         numpy_helper.from_array(np.array(temperature, np.float32), "T"),
     ]
     graph = helper.make_graph(
         nodes,
         "ensemble",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 11])],
         weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

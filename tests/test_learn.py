@@ -30,7 +30,7 @@ def tempered_model(path, temperature: float = 2.0) -> np.ndarray:
     """image -> Flatten -> Gemm (oddly named) -> Div by a temperature -> Softmax: the shape the
     retrained model keeps. Returns the Gemm's weight."""
     rng = np.random.default_rng(1)
-    weight = rng.normal(size=(10, 784)).astype(np.float32)
+    weight = rng.normal(size=(11, 784)).astype(np.float32)  # ten digits, "not one digit"
     nodes = [
         helper.make_node("Flatten", ["image"], ["flat"], name="whatever"),
         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"], transB=1, name="x/y/z"),
@@ -41,10 +41,10 @@ def tempered_model(path, temperature: float = 2.0) -> np.ndarray:
         nodes,
         "g",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 11])],
         [
             numpy_helper.from_array(weight, "W"),
-            numpy_helper.from_array(np.zeros(10, np.float32), "B"),
+            numpy_helper.from_array(np.zeros(11, np.float32), "B"),
             numpy_helper.from_array(np.array(temperature, np.float32), "T"),
         ],
     )

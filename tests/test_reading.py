@@ -228,3 +228,36 @@ def test_two_touching_zeros_are_read_as_two_and_one_wide_zero_as_one():
     assert read_page((40, 50, 92, 130), (88, 50, 140, 130)).digits == [0, 0]
     wide = read_page((40, 50, 140, 130))
     assert wide.digits == [0] and wide.doubts == []
+
+
+def with_rest(digit: int, p: float, not_one: float) -> np.ndarray:
+    """Probabilities of the ten digits when the model gives `not_one` to "not one digit"."""
+    v = np.full(10, (1 - p - not_one) / 9)
+    v[digit] = p
+    return v
+
+
+def test_a_mark_offered_whole_only_that_the_model_reads_as_not_one_digit_is_to_be_cut():
+    probs = np.array([with_rest(3, 0.3, 0.65), with_rest(3, 0.9, 0.05), with_rest(1, 0.2, 0.7)])
+    slots = [((0,),), ((1,),), ((2,), (3, 4))]  # the third was offered cut already
+    assert reading.not_one_digit(probs, slots) == [0]
+
+
+def test_two_bars_overlapping_in_one_image_are_cut_into_two_bars_each_normalised():
+    image = np.zeros((28, 28), np.float32)
+    image[4:24, 6:12] = 1
+    image[4:24, 10:16] = 1  # the second bar overlaps the first
+    cuts = preprocess.cuts_of(image)
+    assert cuts, "a mark 10 columns wide and 20 tall is offered cut"
+    for pieces, shapes in cuts:
+        assert len(pieces) == 2 and len(shapes) == 2
+        for piece in pieces:
+            rows = np.flatnonzero(piece.max(axis=1) > 0.5)
+            assert rows[-1] - rows[0] + 1 >= 18  # each piece is fitted to the 20-pixel box again
+        assert all(shape < 1 for shape in shapes)  # each piece narrower than tall
+
+
+def test_a_speck_is_not_cut():
+    image = np.zeros((28, 28), np.float32)
+    image[12:15, 12:15] = 1
+    assert preprocess.cuts_of(image) == []
