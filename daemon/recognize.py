@@ -387,8 +387,9 @@ class Reader:
         for (name, _), both in zip(batch, pages, strict=True):
             found = []
             for p in both:
-                found.append(self._read(p, self._recut(p, probs[k : k + len(p.images)])))
-                k += len(p.images)
+                n = len(p.images)  # before any cut is added
+                found.append(self._read(p, self._recut(p, probs[k : k + n])))
+                k += n
             best = reading.surest(found)
             prepared = both[best]
             row = self._row(name, prepared, found[best], share * sum(len(p.images) for p in both))
