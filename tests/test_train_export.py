@@ -90,7 +90,7 @@ def test_checkpoints_of_one_seed_export_as_one_averaged_model_that_learn_can_ada
     # (log-probabilities differ from logits / T by one constant per image: same argmax)
     averaged = sum(np.log(Classifier(m).predict(x)) for m in members)
     assert (classifier.predict(x).argmax(1) == averaged.argmax(1)).mean() >= 0.995
-    assert learn.Surgery(ensemble).head.weight.shape == (10, 256)
+    assert learn.Surgery(ensemble).head.weight.shape == (11, 256)
 
 
 def test_checkpoints_of_different_seeds_are_not_averaged(
