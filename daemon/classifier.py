@@ -58,11 +58,9 @@ class Classifier:
         named = [o for o in outputs if o.name == contract.OUTPUT_NAME]
         if not named:
             problems.append(f"outputs are {[o.name for o in outputs]}, expected 'probs'")
-        elif named[0].shape[-1] not in (contract.NUM_CLASSES, None) and isinstance(
-            named[0].shape[-1], int
-        ):
+        elif isinstance(width := named[0].shape[-1], int) and width != contract.NUM_CLASSES:
             problems.append(
-                f"it gives {named[0].shape[-1]} probabilities an image, expected "
+                f"it gives {width} probabilities an image, expected "
                 f"{contract.NUM_CLASSES} (the ten digits, then 'not one digit')"
             )
         version = self.metadata.get(contract.META_CONTRACT)

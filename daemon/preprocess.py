@@ -1258,8 +1258,7 @@ def alternatives(
         return [[whole]]
     found: list[list[Digit]] = [[whole]]  # a wide single digit (a flat 2, a 0) stays a choice
     profile = whole.mask[y0:y1, x0:x1].sum(axis=0)
-    ways = [2] if w <= 1.9 * height else [2, 3] if w <= 2.4 * height else [3]
-    for k in ways:
+    for k in cut_ways(w, height):
         for cuts in cut_sets(profile, k):
             pieces = []
             for a, b in zip([0, *cuts], [*cuts, w], strict=True):
@@ -1272,6 +1271,20 @@ def alternatives(
             if len(pieces) == k:
                 found.append(pieces)
     return found
+
+
+def cut_ways(width: float, height: float) -> list[int]:
+    """Into how many digits a mark this wide for its height may be cut."""
+    return [2] if width <= 1.9 * height else [2, 3] if width <= 2.4 * height else [3]
+
+
+def inked(plane: np.ndarray, above: float = 0.0) -> np.ndarray:
+    """The plane cut to the box around its values over `above` (empty when there are none)."""
+    rows = np.flatnonzero((plane > above).any(axis=1))
+    cols = np.flatnonzero((plane > above).any(axis=0))
+    if not len(rows):
+        return plane[:0, :0]
+    return plane[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def cut_sets(profile: np.ndarray, k: int) -> list[list[int]]:
@@ -1306,26 +1319,18 @@ def cuts_of(image: np.ndarray) -> list[tuple[list[np.ndarray], list[float]]]:
     For a mark the model reads as not one digit but too narrow for preprocessing to have
     offered it cut (digits overlapping are as narrow as one): its 28x28 holds the mark at a
     digit's size, so the pieces lose little."""
-    ink = image > PIECE_INK
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    if len(cols) < 4:
-        return []
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    mark = image[y0:y1, x0:x1]
+    mark = inked(image, PIECE_INK)
     h, w = mark.shape
+    if np.count_nonzero((mark > PIECE_INK).any(axis=0)) < 4:
+        return []
     found = []
-    for k in [2] if w <= 1.9 * h else [2, 3]:
+    for k in cut_ways(w, h):
         for cuts in cut_sets(mark.sum(axis=0), k):
             pieces, shapes = [], []
             for a, b in zip([0, *cuts], [*cuts, w], strict=True):
-                piece = mark[:, a:b]
-                if piece.sum() < 0.1 * mark.sum() / k:
+                piece = inked(mark[:, a:b], PIECE_INK)
+                if mark[:, a:b].sum() < 0.1 * mark.sum() / k or not piece.size:
                     break
-                rows = np.flatnonzero((piece > PIECE_INK).any(axis=1))
-                cols = np.flatnonzero((piece > PIECE_INK).any(axis=0))
-                if not len(rows):
-                    break
-                piece = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
                 pieces.append(boxed(piece))
                 shapes.append(piece.shape[1] / piece.shape[0])
             if len(pieces) == k:

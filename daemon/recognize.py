@@ -411,8 +411,11 @@ class Reader:
         expected = self._expected(p)
         if p.status is not None or (expected is not None and expected[1] <= len(p.slots)):
             return probs
+        todo = reading.not_one_digit(probs, p.slots)
+        if not todo:  # nearly every page: nothing copied
+            return probs
         images, shapes, slots = [*p.images], [*p.shapes], [*p.slots]
-        for k in reading.not_one_digit(probs, p.slots):
+        for k in todo:
             for pieces, aspects in preprocess.cuts_of(p.images[slots[k][0][0]]):
                 slots[k] += (tuple(range(len(images), len(images) + len(pieces))),)
                 images += pieces

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from digit_inbox.daemon.preprocess import boxed, resized
+from digit_inbox.daemon.preprocess import boxed, inked, resized
 
 SHARE = 0.1  # marks of touching digits per single digit, in training and in replay
 TRIPLES = 0.15  # of the marks: three digits touching, the rest two
 MAX_OVERLAP = 0.45  # of the narrower digit's width: from just touching to this much overlap
 HEIGHTS = (0.8, 1.2)  # the second digit's height over the first's
 DRIFT = 0.15  # of the height: how far the next digit sits above or below
-
-
-def inked(digit: np.ndarray) -> np.ndarray:
-    """The digit cropped to its ink."""
-    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def touching(digits: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
