@@ -496,6 +496,21 @@ def test_a_touching_pair_is_offered_cut_in_two():
     assert all(similarity(prepared.images[i], zero_alone) > 0.8 for i in best)
 
 
+def test_a_bar_reaching_over_the_next_digit_is_also_offered_whole_with_its_own_digit():
+    ink = np.zeros((24, 30), bool)
+    ink[3, 2:18] = True  # a 7's bar, reaching over ...
+    ink[3:21, 3:5] = True
+    ink[6:21, 19:21] = True  # ... a 1 that starts below it
+    ways = preprocess.cut_into(ink, 2)
+    straight_through_the_bar = [w for w in ways if w[1][3].sum() > 0]
+    one = ink[6:, 19:].sum()
+    around_the_bar = [w for w in ways if w[0][3].sum() == 16 and w[1][6:].sum() == one]
+    assert straight_through_the_bar, "straight cuts through the bar are still offered"
+    assert around_the_bar, "a cut that goes round the bar's end keeps it with its 7"
+    for pieces in ways:
+        assert (pieces[0] | pieces[1]).sum() == ink.sum() and not (pieces[0] & pieces[1]).any()
+
+
 def test_in_a_number_a_flag_reaching_past_its_five_stays_with_it():
     def five(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, width: int) -> None:
         draw.line([(x + 0.3 * size, y), (x + 0.9 * size, y - 4)], BLACK, width)  # the flag
