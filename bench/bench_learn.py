@@ -33,7 +33,7 @@ from digit_inbox.daemon.classifier import embedded_model
 from digit_inbox.daemon.contract import DEFAULT_MIN_CONFIDENCE as MIN_CONFIDENCE  # to review
 from digit_inbox.daemon.contract import NUM_DIGITS
 from digit_inbox.daemon.learn import Outcome
-from digit_inbox.export import calibration, mnist, usps
+from digit_inbox.export import mnist, usps
 
 COUNTS = (0, 50, 100, 200, 500)
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     x = learn.features(session, images)
     data_dir = mnist.resolve_data_dir(None)
     base = surgery.head
-    probs = calibration.softmax(base.logits(x[:cut]))[:, :NUM_DIGITS]  # as the daemon reads
+    probs = base.probabilities(x[:cut])
     reviewed = probs.max(1) < MIN_CONFIDENCE
     rng = np.random.default_rng(0)
     spot = rng.random(cut) < args.spot_check
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def numpy_last_layer(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
         head, outcome = learn.adapt(surgery, images[chosen], labels[chosen], hold, data_dir)
-        return calibration.softmax(head.logits(unseen_x))[:, :NUM_DIGITS], outcome
+        return head.probabilities(unseen_x), outcome
 
     def torch_finetune(chosen: np.ndarray, hold: np.ndarray) -> tuple[np.ndarray, Outcome]:
         from digit_inbox.export import finetune
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     methods = {"numpy": numpy_last_layer, "torch": torch_finetune}
     print(f"first part: {reviewed.sum()} of {cut} went to review")
-    before = calibration.softmax(base.logits(unseen_x))[:, :NUM_DIGITS]
+    before = base.probabilities(unseen_x)
 
     def on_unseen(p: np.ndarray) -> str:
         """Accuracy, errors, errors filed with status ok (nobody looks at them again) and the

@@ -57,11 +57,17 @@ class Head:
         fitted here are the calibrated ones the model will give."""
         return (features @ self.weight.T + self.bias) / self.temperature
 
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """The ten digits' probabilities, as the daemon reads them (`Classifier.predict`)."""
+        z = self.logits(features)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return np.asarray(e / e.sum(1, keepdims=True))[:, : contract.NUM_DIGITS]
+
     def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
         """The share of digits whose likeliest digit is theirs (the daemon's reading)."""
         if len(labels) == 0:
             return float("nan")
-        return float((self.logits(features)[:, : contract.NUM_DIGITS].argmax(1) == labels).mean())
+        return float((self.probabilities(features).argmax(1) == labels).mean())
 
     def loss(self, features: np.ndarray, labels: np.ndarray) -> float:
         """Mean cross-entropy of the model's probabilities (what `fit` lowers)."""
@@ -140,12 +146,10 @@ class Surgery:
             test = mnist.load_split(mnist_dir, "test")
             count = min(replay, len(train.images))
             chosen = np.random.default_rng(0).choice(len(train.images), count, replace=False)
-            touching = pairs.make(train.images[chosen], round(pairs.SHARE * count), seed=0)
+            replayed, labels = pairs.with_marks(train.images[chosen], train.labels[chosen], 0)
             self.cache[key] = (
-                features(session, np.concatenate([train.images[chosen] / 255.0, touching])),
-                np.concatenate(
-                    [train.labels[chosen], np.full(len(touching), contract.NOT_ONE_DIGIT)]
-                ).astype(np.int64),
+                features(session, replayed),
+                labels,
                 features(session, test.images / 255.0),
                 test.labels.astype(np.int64),
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from digit_inbox.daemon.contract import IMAGE_SIZE, NOT_ONE_DIGIT
 from digit_inbox.daemon.preprocess import boxed, inked, resized
 
 SHARE = 0.1  # marks of touching digits per single digit, in training and in replay
@@ -53,8 +54,19 @@ def make(images: np.ndarray, count: int, seed: int) -> np.ndarray:
     """`count` marks of two or three of `images` (uint8 [N, 28, 28]) touching: float32
     [count, 28, 28] in 0..1, ink = 1."""
     rng = np.random.default_rng(seed)
-    out = np.empty((count, 28, 28), np.float32)
+    out = np.empty((count, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     for i in range(count):
         k = 3 if rng.random() < TRIPLES else 2
         out[i] = touching([images[j] for j in rng.integers(0, len(images), k)], rng)
     return out
+
+
+def with_marks(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The digits (uint8, ink = 255) and their labels, followed by SHARE as many marks of them
+    touching, labelled NOT_ONE_DIGIT (the model's last class): float32 [N, 28, 28] in 0..1 and
+    int64 [N]. Training and replay (`learn`, `finetune`) add the class the same way."""
+    images = np.asarray(images)
+    marks = make(images, round(SHARE * len(images)), seed)
+    x = np.concatenate([images.astype(np.float32) / np.float32(255), marks])
+    y = np.concatenate([np.asarray(labels, np.int64), np.full(len(marks), NOT_ONE_DIGIT)])
+    return x, y

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from digit_inbox.daemon.contract import CONTRACT_VERSION, IMAGE_SIZE, NOT_ONE_DIGIT, NUM_CLASSES
+from digit_inbox.daemon.contract import (
+    CONTRACT_VERSION,
+    IMAGE_SIZE,
+    NOT_ONE_DIGIT,
+    NUM_CLASSES,
+    NUM_DIGITS,
+)
 from digit_inbox.export import calibration, mnist, pairs
 
 log = logging.getLogger(__name__)
@@ -175,11 +181,8 @@ def to_tensor(images: Any, device: str) -> Tensor:
 def with_pairs(images: Any, labels: Any, seed: int, device: str) -> tuple[Tensor, Tensor]:
     """The digits and their labels, followed by `pairs.SHARE` as many marks of two or three of
     them touching, labelled NOT_ONE_DIGIT (the model's last class)."""
-    images = np.asarray(images)
-    marks = pairs.make(images, round(pairs.SHARE * len(images)), seed)
-    x = torch.cat([to_tensor(images, device), torch.as_tensor(marks, device=device).unsqueeze(1)])
-    y = np.concatenate([np.asarray(labels, np.int64), np.full(len(marks), NOT_ONE_DIGIT)])
-    return x, torch.as_tensor(y, device=device)
+    x, y = pairs.with_marks(images, labels, seed)
+    return torch.as_tensor(x, device=device).unsqueeze(1), torch.as_tensor(y, device=device)
 
 
 def train_epoch(
@@ -236,9 +239,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     for start in range(0, len(x), batch_size):
         logits, yb = model(x[start : start + batch_size]), y[start : start + batch_size]
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        read = torch.where(
-            yb == NOT_ONE_DIGIT, logits.argmax(1), logits[:, :NOT_ONE_DIGIT].argmax(1)
-        )
+        read = torch.where(yb == NOT_ONE_DIGIT, logits.argmax(1), logits[:, :NUM_DIGITS].argmax(1))
         correct += int((read == yb).sum())
     return loss / len(x), correct / len(x)
 
