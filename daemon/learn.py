@@ -1,10 +1,11 @@
 """`digit-inbox learn`: adapt the model's last layer to an office's recorded decisions.
 
 Torch-free, so it runs on the server itself: the model's penultimate features (the input of its
-last Gemm, made a graph output) are computed once for the decisions and for MNIST; a softmax
-regression on them starts from the model's own last layer and is pulled back toward it (L2),
-while MNIST replay keeps it from forgetting. The candidate is the same ONNX graph with only that
-Gemm's weights replaced, so whatever follows it (a temperature, the softmax) is kept.
+last Gemm, made a graph output) are computed once for the decisions (each with a few jittered
+copies) and for MNIST; a softmax regression on them starts from the model's own last layer and
+is pulled back toward it (L2), while MNIST replay keeps it from forgetting. The candidate is the
+same ONNX graph with only that Gemm's weights replaced, so whatever follows it (a temperature,
+the softmax) is kept.
 
 A share of the decisions (chosen by content hash, so it is stable from run to run) is held out.
 The candidate is written only if it reads more held-out decisions right than the current model
@@ -42,6 +43,7 @@ STEPS = 300
 L2 = 1e-3  # pull toward the current weights
 DECISION_WORTH = 100  # replay images one decision weighs as much as (see `decision_share`)
 MAX_DECISION_SHARE = 0.5  # MNIST replay keeps at least half the loss, so nothing is forgotten
+VARIANTS = 8  # jittered copies of each decision learnt from, beside the decision itself
 
 
 @dataclass
@@ -207,6 +209,32 @@ def features(session: Any, images: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(out).reshape(len(x), -1).astype(np.float64)
 
 
+def variants(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """`count` copies of each 28x28 input, each turned (up to 10 degrees), scaled (up to 10 %),
+    squeezed (up to 10 %) and shifted (up to 1.5 px) about its centre, in order: image 0's
+    copies first. A reviewer's decision teaches the hand, not those exact pixels; its copies
+    are what the same writer's next digit looks like."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    centre = (contract.IMAGE_SIZE - 1) / 2
+    out = np.empty((len(images) * count, contract.IMAGE_SIZE, contract.IMAGE_SIZE), np.float32)
+    for i in range(len(out)):
+        turn = np.deg2rad(rng.uniform(-10, 10))
+        scale = rng.uniform(0.9, 1.1) * np.array([rng.uniform(0.9, 1.0), 1.0])[rng.permutation(2)]
+        shift = rng.uniform(-1.5, 1.5, 2)
+        # PIL maps each output pixel back to the input: the inverse of turn-then-scale
+        c, s = np.cos(turn), np.sin(turn)
+        inverse = np.array([[c, s], [-s, c]]) / scale[None, :]
+        offset = centre - inverse @ (centre + shift)
+        data = (*inverse[0], offset[0], *inverse[1], offset[1])
+        picture = Image.fromarray(np.asarray(images[i // count], np.float32), "F")
+        out[i] = np.asarray(
+            picture.transform(picture.size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
+        )
+    return out
+
+
 def fit(
     start: Head,
     sets: list[tuple[np.ndarray, np.ndarray, float]],
@@ -319,10 +347,13 @@ def adapt(
 
     session = surgery.feature_session
     x = features(session, images)
+    learnt = np.concatenate([images[~hold], variants(images[~hold], VARIANTS)])
+    learnt_x = features(session, learnt)
+    learnt_y = np.concatenate([labels[~hold], np.repeat(labels[~hold], VARIANTS)])
     replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
     start = surgery.head
     share = decision_share(int((~hold).sum()), len(replay_y))
-    head = fit(start, [(x[~hold], labels[~hold], share), (replay_x, replay_y, 1 - share)])
+    head = fit(start, [(learnt_x, learnt_y, share), (replay_x, replay_y, 1 - share)])
     outcome = Outcome(
         start.accuracy(x[hold], labels[hold]),
         head.accuracy(x[hold], labels[hold]),

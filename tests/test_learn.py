@@ -106,6 +106,20 @@ def test_fitting_learns_what_the_decisions_say_and_stays_near_the_start():
     assert np.abs(pulled.weight).sum() < np.abs(head.weight).sum()
 
 
+def test_each_decision_is_also_learnt_from_jittered_copies_that_are_still_its_digit():
+    images, labels = mnist_test_digits()
+    images = images[:40] / 255.0
+    copies = learn.variants(images, 4)
+    assert copies.shape == (160, 28, 28)
+    assert np.array_equal(copies, learn.variants(images, 4))  # the same copies every run
+    originals = np.repeat(images, 4, axis=0)
+    assert not np.allclose(copies, originals, atol=0.1)  # each copy moved
+    ink = copies.sum((1, 2)) / originals.sum((1, 2))
+    assert ink.min() > 0.7 and ink.max() < 1.3  # no stroke pushed out of the frame
+    read = Classifier().predict(copies).argmax(1)
+    assert (read == np.repeat(labels[:40], 4)).mean() > 0.95  # a writer's digit, not another
+
+
 def test_each_decision_keeps_its_weight_however_many_are_recorded_until_replay_keeps_half():
     replay = 10_000
     assert learn.decision_share(0, replay) == 0.0
