@@ -1006,6 +1006,8 @@ PRINTED_LINE = 1.5  # times a printed word's tallest letter: taller marks are ha
 WORD_GAP = 0.15  # of the typical digit's height: printed letters stand closer than this
 STACKED_PIECE = 0.02  # of the largest piece's ink: smaller pieces are dust, grain
 WIDE = 1.15  # a mark wider than this times its height may be digits touching each other
+TRAILING_HEIGHT = 0.4  # of a digit's height: a dash or `=` touching the digit before it ...
+TRAILING_BAND = (0.25, 0.8)  # ... lies with its middle this far down the mark
 
 
 def read_marks(
@@ -1272,7 +1274,20 @@ def alternatives(
                     pieces.append(part)
             if len(pieces) == k:
                 found.append(pieces)
+                if k == 2 and trailing_stroke(pieces[-1].box, whole.box, height):
+                    found.append(pieces[:-1])  # "6-", "8=": the digit without its filler
     return found
+
+
+def trailing_stroke(piece: Box, mark: Box, height: float) -> bool:
+    """Whether the last piece cut from a mark is a dash or `=` written against the digit
+    before it (a filler after an amount, "125=" or "6-"): flat (under TRAILING_HEIGHT of the
+    digit's height) and at mid-height, where no digit's flat stroke lies (a 2's foot is at the
+    bottom, a 7's or 5's bar at the top)."""
+    y0, _, y1, _ = piece
+    top, _, bottom, _ = mark
+    middle = ((y0 + y1) / 2 - top) / max(bottom - top, 1)
+    return y1 - y0 < TRAILING_HEIGHT * height and TRAILING_BAND[0] < middle < TRAILING_BAND[1]
 
 
 def cut_ways(width: float, height: float) -> list[int]:
@@ -1414,6 +1429,9 @@ def cuts_of(image: np.ndarray) -> list[tuple[list[np.ndarray], list[float]]]:
                 shapes.append(piece.shape[1] / piece.shape[0])
             if len(pieces) == k:
                 found.append((pieces, shapes))
+                rows = np.flatnonzero((regions[-1] & (mark > PIECE_INK)).any(axis=1))
+                if k == 2 and trailing_stroke((rows[0], 0, rows[-1] + 1, 0), (0, 0, h, w), h):
+                    found.append((pieces[:-1], shapes[:-1]))  # the digit without its filler
     return found
 
 

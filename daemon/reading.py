@@ -146,15 +146,20 @@ def read(
         width = float(wide[slot[0][0]]) if len(slot[0]) == 1 else 0.0
         whole = score(slot[0])
         doubt = False
-        if allowed:
+        # A digit offered without the dash or `=` against it is one piece (a filler, see
+        # preprocess.trailing_stroke): no sign of two digits touching, and judged by its kind.
+        touching = [cut for cut in allowed if len(cut) > 1]
+        if allowed and max(score(cut) for cut in allowed) > whole + SPLIT_MARGIN:
             cuts = [score(cut) for cut in allowed]
-            best = allowed[int(np.argmax(cuts))]
+            pieces = allowed[int(np.argmax(cuts))]  # filed only where its cuts agree
+            alike = touching if len(pieces) > 1 else [cut for cut in allowed if len(cut) == 1]
+            doubt = agreed(probs, alike, pieces) < FILED_AGREED  # (FILED_AGREED)
+        elif touching:
+            cuts = [score(cut) for cut in touching]
+            best = touching[int(np.argmax(cuts))]
             sure = max(cuts) ** len(best)  # the cut's probability: the product
-            agreement = agreed(probs, allowed, best)
-            if max(cuts) > whole + SPLIT_MARGIN:
-                pieces = best  # filed only where its cuts agree (FILED_AGREED)
-                doubt = agreement < FILED_AGREED
-            elif (width > AGREED_WIDE and agreement >= AGREED) or (
+            agreement = agreed(probs, touching, best)
+            if (width > AGREED_WIDE and agreement >= AGREED) or (
                 sure >= TOUCHING_DOUBT and width > TOO_WIDE
             ):
                 pieces, doubt = best, True  # cut for its width alone: a wide 0 may read "67",

@@ -440,6 +440,32 @@ def test_separators_dashes_and_underlines_are_not_digits():
         assert similarity(prepared.images[1], read(scan(shape=zero, at=(120, 50)))) > 0.9
 
 
+def test_a_dash_written_against_the_last_digit_is_also_offered_left_out():
+    def dash(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(98, 92), (150, 92)], BLACK, 8)  # "0-": the dash touches the 0
+
+    prepared = preprocess.prepare(scan(shape=zero, page=(180, 200), clutter=dash))
+    assert len(prepared.slots) == 1
+    zero_alone = [pieces for pieces in prepared.slots[0][1:] if len(pieces) == 1]
+    assert zero_alone, "the 0 is offered without its dash"
+    plain_zero = read(scan(shape=zero, page=(180, 200)))
+    assert max(similarity(prepared.images[p[0]], plain_zero) for p in zero_alone) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("piece", "filler"),
+    [
+        ((45, 60, 55, 90), True),  # a dash at mid-height
+        ((35, 60, 62, 90), True),  # an `=`: two dashes
+        ((85, 60, 100, 90), False),  # a 2's foot, at the bottom
+        ((0, 60, 12, 90), False),  # a 5's or 7's bar, at the top
+        ((10, 60, 90, 90), False),  # a digit: tall
+    ],
+)
+def test_only_a_flat_stroke_at_mid_height_is_a_filler_after_a_digit(piece, filler):
+    assert preprocess.trailing_stroke(piece, (0, 0, 100, 90), 100) is filler
+
+
 def test_a_slash_and_dash_after_a_number_make_its_last_mark_a_possible_slash():
     def slash_dash(draw: ImageDraw.ImageDraw) -> None:
         draw.line([(208, 128), (232, 74)], BLACK, 7)  # "/" from the baseline...

@@ -164,6 +164,19 @@ def test_a_wide_mark_is_cut_where_its_cuts_agree_and_always_sent_to_review():
         assert (found.digits, found.doubts) == (digits, doubts)
 
 
+def test_a_digit_read_without_the_dash_against_it_is_no_sign_of_two_digits_touching():
+    # slot: "4" and "5-" read whole, then "5-" cut as 5 and its dash, then the 5 without it
+    four, whole = sure(4, 0.999), sure(5, 0.6)
+    five, dash, alone = sure(5, 0.999), sure(2, 0.9), sure(5, 0.9995)
+    slots = [((0,),), ((1,), (2, 3), (4,))]
+    found = reading.read(np.array([four, whole, five, dash, alone]), slots, [0, 0], [0.7] * 5)
+    assert found.digits == [4, 5] and found.doubts == []
+    # A 5 that reads surely whole: the filler left out is no cut to doubt it by.
+    surely = sure(5, 0.9999)
+    found = reading.read(np.array([four, surely, five, dash, alone]), slots, [0, 0], [0.7] * 5)
+    assert found.digits == [4, 5] and found.doubts == []
+
+
 def test_a_wide_mark_read_unsurely_whole_and_surely_cut_is_read_cut_and_sent_to_review():
     found = cut(sure(7, 0.95), sure(7, 0.998), sure(4, 0.997), 1.7)
     assert found.digits == [7, 4] and found.doubts == [0]
