@@ -57,6 +57,7 @@ NOISE_SIGMAS = 6  # ink is this many noise deviations darker than the paper
 # grey-level closing reaches, so a stroke the closing takes for ink is a valley there too.
 REACH = round(CLOSING * BACKGROUND_BLOCKS)
 COVERED = 0.8  # a box's side is there when this much of its length has ink where it must run
+UNDERLINE = 2.0  # a flat straight run this many times the digits' height long is a line
 
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
@@ -625,7 +626,9 @@ def remove_lines(
 
     A long thin straight run counts as a line when it spans almost the whole page, or when it
     reaches beyond the digit (the largest blob of the other ink) on both ends: a box edge, a
-    rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does.
+    rule through the digit. A digit's own bar (the top of a 7 or 5) ends where the digit does,
+    and is never UNDERLINE times the digits' height long: a flat run that long is a line too,
+    though it ends with the number (a number underlined by hand, the line touching its digits).
     A form box goes as a whole, also when two of its sides are too short to be searched for
     (a 1 in a tall box): two parallel lines whose ends line up and are joined by ink are a
     box. With no other ink at all, only lines meeting at corners (an empty box) or spanning
@@ -660,6 +663,8 @@ def remove_lines(
         else:
             lo, hi = digit[axis]
             accept = line.start <= lo - margin and line.stop >= hi + margin
+            if axis == 1:  # no digit's stroke lies flat this long for its height: underlined
+                accept |= length >= UNDERLINE * (digit[0][1] - digit[0][0] + 1)
         if accept:
             keep = line.crossed(rest if axis == 1 else rest.T)
             out &= ~((line.pixels & ~keep) if axis == 1 else (line.pixels & ~keep).T)

@@ -466,6 +466,16 @@ def test_only_a_flat_stroke_at_mid_height_is_a_filler_after_a_digit(piece, fille
     assert preprocess.trailing_stroke(piece, (0, 0, 100, 90), 100) is filler
 
 
+def test_an_underline_drawn_against_the_digits_is_not_part_of_them():
+    def underline(draw: ImageDraw.ImageDraw) -> None:
+        draw.line([(38, 131), (215, 134)], BLACK, 5)  # touches both digits, ends near the 7
+
+    prepared = preprocess.prepare(number(underline))
+    assert len(prepared.slots) == 2
+    assert similarity(prepared.images[0], read(scan(shape=seven, at=(40, 50)))) > 0.9
+    assert similarity(prepared.images[1], read(scan(shape=zero, at=(120, 50)))) > 0.9
+
+
 def test_a_slash_and_dash_after_a_number_make_its_last_mark_a_possible_slash():
     def slash_dash(draw: ImageDraw.ImageDraw) -> None:
         draw.line([(208, 128), (232, 74)], BLACK, 7)  # "/" from the baseline...
