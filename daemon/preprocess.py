@@ -1054,7 +1054,7 @@ def read_marks(
         digit[text] = False
         order = np.flatnonzero(digit)
         lines = in_lines(order, boxes)
-    elif len(order) <= 1 or one_column(lines, boxes, typical):
+    elif len(order) <= 1 or one_column(lines, boxes):
         y0, x0, y1, x1 = single.box
         outside = (
             (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
@@ -1222,15 +1222,13 @@ def in_lines(order: np.ndarray, boxes: np.ndarray) -> list[list[int]]:
     return sorted(lines, key=lambda line: float(np.mean([boxes[i, 0] + boxes[i, 2] for i in line])))
 
 
-def one_column(lines: list[list[int]], boxes: np.ndarray, typical: float) -> bool:
-    """Marks one above the other, one per line, each within FLAG_GAP of the next: the pieces
-    of one digit broken across (a 6 whose loop came apart), not a column of one-digit lines
-    (lines stand further apart)."""
+def one_column(lines: list[list[int]], boxes: np.ndarray) -> bool:
+    """Marks one above the other, one per line: the pieces of one digit broken across (a 6
+    whose loop came apart), not a column of one-digit lines."""
     if any(len(line) > 1 for line in lines):
         return False
-    column = boxes[[line[0] for line in lines]]  # top line first
-    gaps = column[1:, 0] - column[:-1, 2]
-    return bool(column[:, 1].max() < column[:, 3].min() and (gaps <= FLAG_GAP * typical).all())
+    x0, x1 = boxes[[line[0] for line in lines], 1], boxes[[line[0] for line in lines], 3]
+    return bool(x0.max() < x1.min())
 
 
 def as_box(row: np.ndarray) -> Box:

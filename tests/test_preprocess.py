@@ -510,23 +510,6 @@ def test_two_lines_come_out_top_line_first():
     assert shapes == [True, False, False, True, True]
 
 
-def test_a_column_of_one_digit_lines_is_read_line_by_line():
-    def column(draw: ImageDraw.ImageDraw) -> None:
-        seven(draw, 60, 30, 70, 7)  # "7" above "0", a line apart
-        zero(draw, 60, 150, 70, 7)
-
-    prepared = preprocess.prepare(scan(shape=None, page=(260, 200), clutter=column))
-    assert prepared.lines == [0, 1]
-
-
-def test_a_digit_broken_across_is_one_digit_not_two_lines():
-    def eight(draw: ImageDraw.ImageDraw) -> None:
-        draw.ellipse([70, 40, 110, 80], outline=BLACK, width=7)  # an 8 whose loops came apart
-        draw.ellipse([66, 89, 114, 133], outline=BLACK, width=7)
-
-    assert digits_of(scan(shape=None, page=(180, 180), clutter=eight)) == 1
-
-
 def test_a_marks_width_is_measured_against_its_lines_digit_height_where_that_is_taller():
     assert preprocess.aspect((10, 0, 30, 30)) == 1.5  # y0, x0, y1, x1: as wide as 1.5 heights
     assert preprocess.aspect((10, 0, 30, 30), typical=30) == 1.0  # a flat mark in a line
