@@ -149,9 +149,9 @@ def read(
         # A digit offered without the dash or `=` against it is one piece (a filler, see
         # preprocess.trailing_stroke): no sign of two digits touching, and judged by its kind.
         touching = [cut for cut in allowed if len(cut) > 1]
-        if allowed and max(score(cut) for cut in allowed) > whole + SPLIT_MARGIN:
-            cuts = [score(cut) for cut in allowed]
-            pieces = allowed[int(np.argmax(cuts))]  # filed only where its cuts agree
+        scores = [score(cut) for cut in allowed]
+        if allowed and max(scores) > whole + SPLIT_MARGIN:
+            pieces = allowed[int(np.argmax(scores))]  # filed only where its cuts agree
             alike = touching if len(pieces) > 1 else [cut for cut in allowed if len(cut) == 1]
             doubt = agreed(probs, alike, pieces) < FILED_AGREED  # (FILED_AGREED)
         elif touching:
