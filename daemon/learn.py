@@ -347,8 +347,7 @@ def adapt(
 
     session = surgery.feature_session
     x = features(session, images)
-    learnt = np.concatenate([images[~hold], variants(images[~hold], VARIANTS)])
-    learnt_x = features(session, learnt)
+    learnt_x = np.concatenate([x[~hold], features(session, variants(images[~hold], VARIANTS))])
     learnt_y = np.concatenate([labels[~hold], np.repeat(labels[~hold], VARIANTS)])
     replay_x, replay_y, test_x, test_y = surgery.mnist_features(mnist_dir, replay or REPLAY)
     start = surgery.head

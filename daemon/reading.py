@@ -155,7 +155,7 @@ def read(
             alike = touching if len(pieces) > 1 else [cut for cut in allowed if len(cut) == 1]
             doubt = agreed(probs, alike, pieces) < FILED_AGREED  # (FILED_AGREED)
         elif touching:
-            cuts = [score(cut) for cut in touching]
+            cuts = [scored for scored, cut in zip(scores, allowed, strict=True) if len(cut) > 1]
             best = touching[int(np.argmax(cuts))]
             sure = max(cuts) ** len(best)  # the cut's probability: the product
             agreement = agreed(probs, touching, best)
