@@ -33,8 +33,10 @@ Every choice comes from a numpy Generator seeded per file, so a set is reproduci
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import itertools
+import math
 import multiprocessing
 import sys
 import time
@@ -64,6 +66,7 @@ KINDS = {
     "lines": "two or three numbers, one per line",
     "label": "a number next to a printed label",
     "underline": "a number underlined by hand",
+    "photo": "one to three numbers on a sheet, photographed with a phone on a table",
 }
 SPACINGS = {"normal": 0.5, "tight": 0.2, "touching": 0.15, "overlap": 0.15}
 SEPARATORS = {"dot": ".", "comma": ",", "dash": "-", "slashdash": "/-", "equals": "=",
@@ -205,6 +208,8 @@ def draw_spec(rng: np.random.Generator, kind: str, text: str | None = None) -> S
         spacing = "touching" if rng.random() < 0.6 else "overlap"
     elif kind == "lines":
         n_lines = int(rng.integers(2, 4))
+    elif kind == "photo":
+        n_lines = int(rng.integers(1, 4))
     elif kind == "label":
         printed = str(rng.choice(["left", "above"]))
     elif kind == "underline":
@@ -219,7 +224,7 @@ def draw_spec(rng: np.random.Generator, kind: str, text: str | None = None) -> S
             n = int(rng.integers(1, 4))
         elif kind == "amount":
             n = int(rng.integers(2, 9))
-        elif n_lines > 1:
+        elif n_lines > 1 or kind == "photo":
             n = int(rng.integers(1, 7))
         else:
             n = int(rng.integers(1, 11))
@@ -230,7 +235,8 @@ def draw_spec(rng: np.random.Generator, kind: str, text: str | None = None) -> S
     if text is not None:
         lines = text.split()
         marks(" ".join(lines).replace(" ", ""))  # refuse what cannot be written, now
-    return make_spec(lines, spacing, underline, mixed, printed)
+    spec = make_spec(lines, spacing, underline, mixed, printed)
+    return dataclasses.replace(spec, tags=(*spec.tags, "photo")) if kind == "photo" else spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,12 +476,15 @@ def render(
     preset: str = "varied",
     max_side: int = 1600,
     flatbed: bool = False,
+    photo: bool = False,
 ) -> tuple[Image.Image, list[str]]:
     """An upright RGB page showing `spec` written with the MNIST `images` (uint8 28x28, ink =
     255, one per digit in reading order) and the tags applied.
 
     The page follows `scans.render`: the same inks, papers, clutter, light, blur and
     inversion, drawn by its functions. `page.info["digit_box"]` is where the handwriting is.
+    For a `photo` the page is only the paper and the writing: the light, the blur and the
+    noise are the camera's (`photographed`), and no scanner leaves its frame or its specks.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, not {preset!r}")
@@ -532,6 +541,8 @@ def render(
     ink_box = cover.getbbox() or (0, 0, cover.width, cover.height)
     box = (x + ink_box[0], y + ink_box[1], x + ink_box[2], y + ink_box[3])
     clutter = [k for k, p in scans.CLUTTER_P.items() if varied and rng.random() < p]
+    if photo:
+        clutter = [k for k in clutter if k not in ("border", "saltpepper")]
     line_box = (box[0], box[1], box[2], box[1] + round((first[3] - first[1]) * scale))
     for kind_ in clutter:  # rules and grids follow the first line's height, frames the whole
         target = line_box if kind_ in ("ruled", "grid") else box
@@ -550,16 +561,16 @@ def render(
 
     light = (
         scans.pick(rng, {"even": 4, "gradient": 1, "vignette": 1, "shadow": 1})
-        if varied and not flatbed
+        if varied and not (flatbed or photo)
         else "even"
     )
     if light != "even":
         page = ImageChops.multiply(page, scans.illumination(light, page.size, rng).convert("RGB"))
     tags.append(f"light:{light}")
-    if varied and rng.random() < 0.15:
+    if varied and not photo and rng.random() < 0.15:
         page = page.filter(ImageFilter.GaussianBlur(max(0.6, h * scale * rng.uniform(0.01, 0.04))))
         tags.append("geom:blur")
-    if varied and rng.random() < 0.1:
+    if varied and not photo and rng.random() < 0.1:
         page = ImageOps.invert(page)
         tags.append("polarity:inverted")
     if "saltpepper" in clutter:
@@ -579,6 +590,8 @@ def make_scan(
     encoding: scans.Encoding | None = None,
 ) -> scans.Scan:
     """One scan file of `spec`: a random encoding (or the one given), then the page."""
+    if "photo" in spec.tags:
+        return photographed(spec, images, rng, preset)
     if encoding:
         encoding = scans.with_quality(encoding, rng)
     else:
@@ -587,6 +600,36 @@ def make_scan(
         spec, images, rng, preset, encoding.max_side(max_side), encoding.mode == "1"
     )
     data, tags = scans.encode(page, tags, encoding, rng)
+    return scans.Scan(data, encoding.suffix, tuple(tags))
+
+
+A4 = math.sqrt(2)  # a sheet's height over its width
+
+
+def photographed(
+    spec: Spec, images: Sequence[np.ndarray], rng: np.random.Generator, preset: str
+) -> scans.Scan:
+    """`spec` written on an A4 sheet (its digits 2.5-7 % of the sheet's height, anywhere on
+    it) and photographed on a table (`scans.photograph`), saved as a phone saves: JPEG, often
+    stored sideways with an EXIF orientation."""
+    page, tags = render(spec, images, rng, preset, photo=True)
+    box = page.info["digit_box"]
+    digit_h = (box[3] - box[1]) / max(1, len(spec.lines))
+    sheet_h = max(digit_h / rng.uniform(0.025, 0.07), 1.15 * A4 * page.width, 1.15 * page.height)
+    size = (round(sheet_h / A4), round(sheet_h))
+    edges = np.concatenate(
+        [np.asarray(page)[[0, -1]].reshape(-1, 3), np.asarray(page)[:, [0, -1]].reshape(-1, 3)]
+    )
+    sheet = Image.new("RGB", size, tuple(int(c) for c in np.median(edges, axis=0)))
+    margin = 0.05 * size[0]
+    at = (round(rng.uniform(margin, max(margin, size[0] - page.width - margin))),
+          round(rng.uniform(margin, max(margin, size[1] - page.height - margin))))  # fmt: skip
+    sheet.paste(page, at)
+    photo, _, photo_tags = scans.photograph(sheet, rng)
+    tags = [t for t in tags if not t.startswith(("size:", "light:"))] + photo_tags
+    encoding = scans.Encoding("jpeg", "RGB", int(scans.pick(rng, {1: 6, 6: 3, 8: 1})),
+                              int(rng.integers(70, 96)))  # fmt: skip
+    data, tags = scans.encode(photo, tags, encoding, rng)
     return scans.Scan(data, encoding.suffix, tuple(tags))
 
 

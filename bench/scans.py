@@ -229,6 +229,77 @@ def illumination(kind: str, size: tuple[int, int], rng: np.random.Generator) -> 
     return light.resize(size, Image.Resampling.BILINEAR)
 
 
+# What a phone photo of a sheet lies on: (RGB 0..1, weight). Mostly dark or mid desks, where
+# the sheet is the brightest thing in the frame; light ones too, where it barely stands out.
+TABLES = {"dark wood": ((0.22, 0.13, 0.08), 3), "black": ((0.08, 0.08, 0.09), 2),
+          "grey desk": ((0.35, 0.36, 0.38), 2), "light wood": ((0.62, 0.48, 0.33), 1),
+          "white desk": ((0.80, 0.80, 0.78), 1)}  # fmt: skip
+PHOTO_SIZE = (3000, 4000)  # a 12-megapixel phone camera, portrait (landscape half the time)
+
+
+def perspective_coefficients(
+    source: Sequence[tuple[float, float]], target: Sequence[tuple[float, float]]
+) -> list[float]:
+    """Pillow's PERSPECTIVE data mapping each `target` corner back to its `source` corner."""
+    rows = []
+    for (x, y), (u, v) in zip(target, source, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    rhs = np.array(source, dtype=np.float64).ravel()
+    return [float(c) for c in np.linalg.solve(np.array(rows, dtype=np.float64), rhs)]
+
+
+def photograph(
+    sheet: Image.Image, rng: np.random.Generator, table: str | None = None
+) -> tuple[Image.Image, tuple[float, ...], list[str]]:
+    """`sheet` (RGB) photographed with a phone on a table: a 3000x4000 frame (or 4000x3000),
+    the sheet filling 35-90 % of its height, turned up to 12 degrees and seen at a slant, lit
+    unevenly, slightly out of focus, with sensor noise, on a `table` of TABLES (or any).
+    Returns the photo, the sheet's four corners in it (x, y clockwise from top left) and the
+    tags."""
+    portrait = rng.random() < 0.5
+    size = PHOTO_SIZE if portrait else PHOTO_SIZE[::-1]
+    table = table or pick(rng, {k: w for k, (_, w) in TABLES.items()})
+    base = np.array(TABLES[table][0], np.float32) * rng.uniform(0.8, 1.2)
+    w, h = size
+    small = (w // 4, h // 4)
+    grain = smooth_noise(rng, small, 60)[..., None] * 0.025
+    grain += smooth_noise(rng, small, 4)[..., None] * 0.01
+    desk = Image.fromarray(np.round(np.clip(base + grain, 0, 1) * 255).astype(np.uint8))
+    photo = desk.resize(size, Image.Resampling.BILINEAR)
+    fill = rng.uniform(0.35, 0.9)
+    scale = min(fill * h / sheet.height, 0.95 * w / sheet.width, 0.95 * h / sheet.height)
+    sw, sh = sheet.width * scale, sheet.height * scale
+    angle = math.radians(rng.uniform(-12, 12))
+    # Mostly in the frame; now and then a corner or an edge cut off by it.
+    cx = rng.uniform(min(0.4 * sw, w / 2), max(w - 0.4 * sw, w / 2))
+    cy = rng.uniform(min(0.4 * sh, h / 2), max(h - 0.4 * sh, h / 2))
+    corners = []
+    for ux, uy in ((-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)):
+        x, y = ux * sw, uy * sh
+        x, y = x * math.cos(angle) - y * math.sin(angle), x * math.sin(angle) + y * math.cos(angle)
+        slant = 0.06 * min(sw, sh)
+        corners.append((cx + x + rng.uniform(-slant, slant), cy + y + rng.uniform(-slant, slant)))
+    source = [(0, 0), (sheet.width, 0), (sheet.width, sheet.height), (0, sheet.height)]
+    data = perspective_coefficients(source, corners)
+    warped = sheet.transform(size, Image.Transform.PERSPECTIVE, data, Image.Resampling.BICUBIC)
+    where = Image.new("L", sheet.size, 255).transform(
+        size, Image.Transform.PERSPECTIVE, data, Image.Resampling.BILINEAR
+    )
+    photo.paste(warped, (0, 0), where)
+    light = pick(rng, {"even": 1, "gradient": 2, "vignette": 1, "shadow": 1})
+    if light != "even":
+        photo = ImageChops.multiply(photo, illumination(light, size, rng).convert("RGB"))
+    photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.5)))
+    noise = rng.normal(0, rng.uniform(2, 6), (h // 2, w // 2, 1)).astype(np.float32)
+    grain_img = Image.fromarray(np.clip(noise + 128, 0, 255).astype(np.uint8)[..., 0]).resize(size)
+    arr = np.asarray(photo, np.int16) + np.asarray(grain_img, np.int16)[..., None] - 128
+    photo = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    tags = [f"photo:{table.replace(' ', '-')}", f"photo-light:{light}",
+            "photo:portrait" if portrait else "photo:landscape"]  # fmt: skip
+    return photo, tuple(c for xy in corners for c in xy), tags
+
+
 def print_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     """Pre-printed form lines: black, grey, or the drop-out blue/green of OCR forms."""
     return rgb255(
