@@ -84,6 +84,7 @@ class Prepared:
     marks: list[tuple[Box, bool]] = field(default_factory=list)
     # debug only: every mark's box in steps["ink"] (y0, x0, y1, x1), and whether it is a digit
     other: Prepared | None = None  # the page read as light ink, when its polarity is unclear
+    column: bool = False  # read as one digit, but maybe a column of digits (`Reading.column`)
 
     @property
     def image(self) -> np.ndarray | None:
@@ -111,6 +112,9 @@ class Reading:
     typical: float = 0.0  # the digits' height on a page of several marks (0: one mark)
     slashes: list[int] = field(default_factory=list)  # positions that may be a `/-`'s slash
     whole: Digit | None = None  # the page read as one digit: the mark `select_digit` chose
+    # Marks one above the other further apart than a 5's flag from its body: read as one digit
+    # broken apart, as most are, but maybe a column of one-digit lines (see `one_column`).
+    column: bool = False
 
     def as_one_digit(self) -> Reading:
         """The page read as one digit (a crop of one: see CROP_PIXELS), never cut."""
@@ -1059,7 +1063,9 @@ def read_marks(
         outside = (
             (boxes[:, 0] >= y1) | (boxes[:, 2] <= y0) | (boxes[:, 1] >= x1) | (boxes[:, 3] <= x0)
         )
-        return Reading([alternatives(single, strong)], [0], [as_box(b) for b in boxes[outside]])
+        apart = len(order) > 1 and column_gap(lines, boxes) > FLAG_GAP * typical
+        dropped = [as_box(b) for b in boxes[outside]]
+        return Reading([alternatives(single, strong)], [0], dropped, column=apart)
     width = float(np.median(w[order]))
     flagged = {i for i, _ in joined}
     others = np.array([i for i in np.flatnonzero(~digit) if i not in flagged], dtype=np.int64)
@@ -1220,6 +1226,12 @@ def in_lines(order: np.ndarray, boxes: np.ndarray) -> list[list[int]]:
         else:
             best.append(i)
     return sorted(lines, key=lambda line: float(np.mean([boxes[i, 0] + boxes[i, 2] for i in line])))
+
+
+def column_gap(lines: list[list[int]], boxes: np.ndarray) -> int:
+    """The widest gap between marks one above the other, one per line."""
+    tops = sorted((int(boxes[line[0], 0]), int(boxes[line[0], 2])) for line in lines)
+    return max(top - bottom for (_, bottom), (top, _) in itertools.pairwise(tops))
 
 
 def one_column(lines: list[list[int]], boxes: np.ndarray) -> bool:
@@ -1573,6 +1585,272 @@ def centre(small: np.ndarray) -> np.ndarray:
 # --- the pipeline ------------------------------------------------------------------------
 
 
+# --- the sheet in a photo -----------------------------------------------------------------
+
+# A phone photo shows the sheet lying on a table: a bright quadrilateral on a darker surround
+# that reaches the frame's edge. Read as it is, the table is the "paper" of the page's polarity
+# (dark enough, it makes the sheet itself read as ink) and the sheet's edges become strokes.
+# So the sheet is found first and the photo is read as a scan of the sheet alone. What is
+# taken for a table must be all of these, or the page is read as before:
+SHEET_CLOSING = 0.03  # of the page's longer side: ink narrower than this is closed over
+TABLE_CONTRAST = 0.85  # the table's median brightness at most this times the sheet's ...
+DARK_TABLE = 0.6  # ... and unless this dark, the table frames the sheet: it lies along at
+FRAMING = 0.75  # least this share of the frame's edge (a grey band along a form's top does not)
+TABLE_DEPTH = 0.12  # of the frame's side: the table reaches this deep somewhere (a scanner's
+# dark frame is shallower, and `clear_border`'s)
+SHEET_EDGE = 5.0  # the sheet's edge is sharp: this many times steeper than the light beside it,
+EDGE_SHARE = 0.5  # and a step: across it at least this share of the step further off (a
+LINE_EDGE = 1.5  # posterised vignette steps in many small steps), at most this times it (a line)
+SHEET_CONVEX = 0.97  # the sheet is convex (one sheet, not split by a bold stroke): its rows and
+# columns are this full of it ...
+SHEET_BOX = 0.5  # ... it fills this much of its box (a quadrilateral turned < 45 degrees) ...
+SHEET_SIDE = 0.2  # ... whose shorter side is at least this share of the frame's (no stroke)
+SHEET_PAPER = 0.85  # the sheet is paper: this much of it is bright (not bright ink closed up)
+TABLE_INK = 0.3  # of the step: a mark this much darker (lighter) than the table around it is
+# writing, and a table has less than this share of such marks (paper in a shadow, or a page of
+# light ink, has more):
+EMPTY_TABLE = 0.001
+MIN_SHEET = 0.05  # of the frame's area, at least, and the table ...
+MIN_TABLE = 0.03  # ... at least this much of it, along at least this much of the frame's edge:
+TABLE_RING = 0.1
+SHEET_MARGIN = 2  # overview pixels of the sheet's rim taken as table: its edge is blurred
+FAR = (8, 16)  # overview pixels from the edge: the step across it is measured here in full,
+MIN_BAND = 10  # on each side of the sheet where each band has this many pixels
+
+
+@dataclass
+class Sheet:
+    """Where the sheet lies in a photo's overview: its box (y0, x0, y1, x1) and, in that
+    box, which pixels are table and the paper to paint there (0..1, the page's channels)."""
+
+    box: Box
+    table: np.ndarray
+    paper: np.ndarray
+
+
+def otsu(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold of values in 0..1."""
+    hist = np.bincount(
+        np.clip((values.ravel() * bins).astype(np.int32), 0, bins - 1), minlength=bins
+    )
+    p = hist / max(1, hist.sum())
+    omega, mu = np.cumsum(p), np.cumsum(p * (np.arange(bins) + 0.5) / bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.nan_to_num((mu[-1] * omega - mu) ** 2 / (omega * (1 - omega)))[:-1]
+    return (int(np.argmax(between)) + 1) / bins
+
+
+def row_fill(mask: np.ndarray) -> float:
+    """How full the rows of `mask` are between their first and last pixel (1: every row is
+    one run, as in a convex shape)."""
+    rows = mask.any(axis=1)
+    first = np.argmax(mask[rows], axis=1)
+    last = mask.shape[1] - np.argmax(mask[rows][:, ::-1], axis=1)
+    return float(mask.sum() / max(1, (last - first).sum()))
+
+
+def edge_steps(g: np.ndarray, sheet: np.ndarray, table: np.ndarray) -> list[tuple[float, float]]:
+    """On each side of the sheet (above, right of, below and left of its middle, as a
+    scanner's sharp frame may run beside a shadow's soft edge): the step in brightness across
+    the edge (within 2 pixels of it) against the steepest slope of the light beside it on
+    either side (over 2 pixels, 3-7 pixels off the edge), and against the step measured FAR
+    from it. A sheet's edge is far steeper than the light on it and on the table; the soft
+    edge of a shadow or of uneven light is a slope like the light around it; a line along
+    the edge makes the step larger there than further off."""
+
+    def band(a: np.ndarray, b: np.ndarray, near: int, far: int) -> np.ndarray:
+        """The pixels of `a` more than `near` and at most `far` pixels from `b`."""
+        within = [window(b.astype(np.float32), 2 * r + 1, np.maximum) > 0 for r in (near, far)]
+        return a & within[1] & ~within[0]
+
+    h, w = g.shape
+    ys, xs = where(sheet)
+    dy = (np.arange(h) - ys.mean())[:, None] / h
+    dx = (np.arange(w) - xs.mean())[None, :] / w
+    side = np.argmax(np.stack(np.broadcast_arrays(-dy, dx, dy, -dx)), axis=0)
+    bands = [
+        band(a, b, *reach)
+        for reach in ((0, 2), (3, 5), (5, 7), FAR)
+        for a, b in ((sheet, table), (table, sheet))
+    ]
+    steps = []
+    for s in range(4):
+        level = [g[b & (side == s)] for b in bands]
+        if min(len(v) for v in level) < MIN_BAND:
+            continue
+        m = [float(v.mean()) for v in level]
+        slope = max(abs(m[2] - m[4]), abs(m[3] - m[5]), 1e-6)
+        steps.append(((m[0] - m[1]) / slope, (m[0] - m[1]) / max(m[6] - m[7], 1e-6)))
+    return steps
+
+
+def is_sheet(g: np.ndarray, sheet: np.ndarray, t: float) -> bool:
+    """Whether `sheet` has a sheet's size and shape and is paper (see the rules above)."""
+    h, w = g.shape
+    ys, xs = where(sheet)
+    box_h, box_w = ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()
+    return bool(
+        MIN_SHEET <= sheet.mean() <= 1 - MIN_TABLE
+        and min(box_h / h, box_w / w) >= SHEET_SIDE
+        and len(ys) >= SHEET_BOX * box_h * box_w
+        and min(row_fill(sheet), row_fill(sheet.T)) >= SHEET_CONVEX
+        and (g[sheet] > t).mean() >= SHEET_PAPER
+    )
+
+
+def may_be_table(g: np.ndarray, dark: np.ndarray) -> bool:
+    """Whether the `dark` part of a page (what is not paper once the ink is closed over) may
+    hold a table: large enough, along enough of the frame's edge, deep and dark enough."""
+    h, w = g.shape
+    ring = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+    if not MIN_TABLE <= dark.mean() <= 1 - MIN_SHEET or ring.mean() < TABLE_RING:
+        return False
+    ys, xs = where(dark)
+    depth = np.minimum(np.minimum(ys, h - 1 - ys) / h, np.minimum(xs, w - 1 - xs) / w)
+    return bool(
+        depth.max() >= TABLE_DEPTH and np.median(g[dark]) <= TABLE_CONTRAST * np.median(g[~dark])
+    )
+
+
+def frames_sheet(g: np.ndarray, table: np.ndarray, sheet: np.ndarray) -> bool:
+    """Whether `table` lies around `sheet` as a table does: darker, deep, framing it unless dark."""
+    h, w = g.shape
+    paper_level, table_level = float(np.median(g[sheet])), float(np.median(g[table]))
+    ys, xs = where(table)
+    depth = np.minimum(np.minimum(ys, h - 1 - ys) / h, np.minimum(xs, w - 1 - xs) / w).max()
+    along = np.concatenate([table[0], table[-1], table[:, 0], table[:, -1]]).mean()
+    return not (
+        table_level > TABLE_CONTRAST * paper_level
+        or (table_level > DARK_TABLE * paper_level and along < FRAMING)
+        or depth < TABLE_DEPTH
+    )
+
+
+def bare_table(s: Segments) -> bool:
+    """Whether the sheet's edges are a sheet's and the table is bare while the sheet is
+    written on (see the rules above)."""
+    g, sheet, table, k = s.g, ~s.table, s.table, s.k
+    h, w = g.shape
+    steps = edge_steps(g, sheet, table)
+    if not steps or not all(
+        slope >= SHEET_EDGE and EDGE_SHARE <= far <= LINE_EDGE for slope, far in steps
+    ):
+        return False
+    step = float(np.median(g[sheet]) - np.median(g[table]))
+    # The table away from the sheet and from the frame's edge, where the closing is sure.
+    inside = window(sheet.astype(np.float32), 2 * k + 1, np.maximum) == 0
+    inside[: k // 2] = inside[h - k // 2 :] = False
+    inside[:, : k // 2] = inside[:, w - k // 2 :] = False
+    opened = window(window(g, k, np.minimum), k, np.maximum)
+    dark = s.closed - g > TABLE_INK * step
+    writing = dark | (g - opened > TABLE_INK * step)  # dark or light
+    bare = int(np.count_nonzero(writing & inside)) <= EMPTY_TABLE * max(1, int(inside.sum()))
+    return bare and bool((dark & sheet).any())  # and what is read is written on the sheet
+
+
+@dataclass
+class Segments:
+    """A page split into the table (what is darker than paper, once the ink is closed over,
+    and reaches the frame's edge) and the sheet (the rest, the writing on it included)."""
+
+    g: np.ndarray
+    closed: np.ndarray  # g with the ink closed over
+    t: float  # the threshold between table and paper
+    k: int  # the closing's width
+    table: np.ndarray
+
+
+def segment(g: np.ndarray) -> Segments | None:
+    """The page `g` split as a photo of a sheet would be, or None where the parts have not
+    the size, shape and brightness of a sheet and a table (most pages: paper all over)."""
+    h, w = g.shape
+    ring = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if np.mean(ring < TABLE_CONTRAST * np.quantile(g, 0.9)) < TABLE_RING:
+        return None  # the common case, paper all round the frame: no need to look further
+    k = max(3, round(SHEET_CLOSING * max(h, w))) | 1
+    closed = window(window(g, k, np.maximum), k, np.minimum)  # no ink ...
+    smooth = window(window(closed, k, np.minimum), k, np.maximum)  # ... nor glints on the table
+    t = otsu(smooth)
+    bright = smooth > t
+    if not may_be_table(g, ~bright):
+        return None  # cheaply, before the components are labelled
+    off, _ = label(~bright)
+    edge = np.unique(np.concatenate([off[[0, -1]].ravel(), off[:, [0, -1]].ravel()]))
+    table = np.isin(off, edge[edge > 0])  # the writing, apart from the frame's edge, is sheet
+    if not (is_sheet(g, ~table, t) and frames_sheet(g, table, ~table)):
+        return None
+    return Segments(g, closed, t, k, table)
+
+
+def find_sheet(page: np.ndarray, thumbnail: np.ndarray | None = None) -> Sheet | None:
+    """The sheet of paper in the overview `page` of a photo, or None for a page that is no
+    photo of a sheet on a table (see the rules above: each guards against a page being cut
+    away, such as a shadow's soft edge, a vignette, a bold digit against the frame, a scanner's
+    frame or a light-ink page, whose paper is dark). The page's `thumbnail` (see
+    `polarity_thumbnail`), where given, turns most pages away at a tenth of the cost."""
+    if thumbnail is not None and segment(grey(thumbnail)) is None:
+        return None
+    s = segment(grey(page))
+    if s is None or not bare_table(s):
+        return None
+    g, t, k, table = s.g, s.t, s.k, s.table
+    sheet = ~table
+    ys, xs = where(sheet)
+    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+    # The closing also closed over any strip of table narrower than itself along the frame's
+    # edge: dark pieces there that touch the table or run along the edge are table too (not
+    # the writing near the frame's edge: short).
+    near = table.copy()
+    near[[0, -1]] = near[:, [0, -1]] = True
+    dark, n = label((g <= t) & (window(near.astype(np.float32), k, np.maximum) > 0))
+    c = components(dark, n)
+    touching = np.unique(dark[neighbourhood(table, np.logical_or)])
+    strips = np.flatnonzero(np.maximum(c.y1 - c.y0, c.x1 - c.x0) >= 4 * k) + 1
+    wide = table | np.isin(dark, np.union1d(touching[touching > 0], strips))
+    for _ in range(SHEET_MARGIN):
+        wide = neighbourhood(wide, np.logical_or)
+    y0, x0, y1, x1 = box
+    planes = page[y0:y1, x0:x1].reshape(y1 - y0, x1 - x0, -1)
+    paper = np.stack([window(window(p, k, np.maximum), k, np.minimum) for p in planes.T], -1)
+    return Sheet(box, wide[y0:y1, x0:x1], grown(paper.transpose(1, 0, 2), ~wide[y0:y1, x0:x1]))
+
+
+def grown(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """`values` (h, w, channels) where `known`, carried outwards into the rest: each unknown
+    pixel takes the mean of its known neighbours, ring by ring, so the paper painted over the
+    table continues the sheet's own light."""
+    values = np.where(known[..., None], values, 0).astype(np.float32)
+    known = known.copy()
+    while not known.all():
+        weight = neighbourhood(known.astype(np.float32), np.add)
+        ring = ~known & (weight > 0)
+        if not ring.any():  # nothing known at all
+            break
+        sums = np.stack([neighbourhood(v, np.add) for v in values.transpose(2, 0, 1)], -1)
+        values[ring] = sums[ring] / weight[ring][:, None]
+        known |= ring
+    return values
+
+
+def on_sheet(img: Image.Image, sheet: Sheet, scale: float) -> Image.Image:
+    """The photo `img` cut to the sheet found in its overview at `scale`, the table left in
+    the sheet's box painted the colour of its paper."""
+    y0, x0, y1, x1 = sheet.box
+    box = (
+        max(0, int(x0 / scale)),
+        max(0, int(y0 / scale)),
+        min(img.width, math.ceil(x1 / scale)),
+        min(img.height, math.ceil(y1 / scale)),
+    )
+    cut = np.array(img.crop(box))
+    size = (cut.shape[0], cut.shape[1])
+    table = resized(sheet.table.astype(np.float32), size) > 0.5
+    paper = [resized(p, size) for p in sheet.paper.transpose(2, 0, 1)]
+    fill = np.clip(np.round(255 * np.stack(paper, -1)), 0, 255).astype(np.uint8)
+    cut[table] = fill[table] if cut.ndim == 3 else fill[table][:, 0]
+    return Image.fromarray(cut)
+
+
 def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool = True) -> Prepared:
     """A page (as `decode` yields it, or any numeric array) -> the model's 28x28 images of its
     digits in reading order, or blank; for a page whose ink may be light or dark (see
@@ -1590,7 +1868,14 @@ def prepare(pixels: np.ndarray | Image.Image, debug: bool = False, spare: bool =
     if min(h, w) < 3:
         return Prepared(NO_IMAGES, "image too small to hold a digit")
     page = page_pixels(img, overview_size(h, w))
-    ratio = ink_ratio(polarity_thumbnail(page))
+    thumbnail = polarity_thumbnail(page)
+    sheet = None if crop else find_sheet(page, thumbnail)
+    if sheet is not None:
+        img = on_sheet(img, sheet, page.shape[0] / h)
+        w, h = img.size
+        page = page_pixels(img, overview_size(h, w))
+        thumbnail = polarity_thumbnail(page)
+    ratio = ink_ratio(thumbnail)
     prepared = read_page(img, page, ratio < LIGHT_INK, debug, spare, crop)
     if LIGHT_INK <= ratio < UNCLEAR_INK:
         prepared.other = read_page(img, page, True, debug, spare, crop)
@@ -1657,7 +1942,17 @@ def read_page(
     if not images:  # every mark's clear ink was cut away: nothing left to read
         return Prepared(NO_IMAGES, "only specks, no digit", steps=steps)
     prepared = Prepared(
-        np.stack(images), "", slots, found.lines, shapes, found.slashes, steps, crop=is_crop
+        np.stack(images),
+        "",
+        slots,
+        found.lines,
+        shapes,
+        found.slashes,
+        steps,
+        crop=is_crop,
+        # A column seen whole in the overview is still one where the closer look at its
+        # digit no longer sees the rest of it.
+        column=found.column or (isinstance(look.found, Reading) and look.found.column),
     )
     if debug:
         mask = np.zeros(ink.shape, bool)

@@ -100,6 +100,7 @@ class Read:
     images: list[int]  # which candidate image each digit was read from
     doubts: list[int] = field(default_factory=list)  # digits that may be two touching
     slashes: list[int] = field(default_factory=list)  # digits that may be a `/-`'s slash
+    column: bool = False  # one digit read from marks that may be a column of digits
 
     @property
     def digits(self) -> list[int]:
@@ -117,6 +118,7 @@ def read(
     shapes: Sequence[float],
     expected: tuple[int, int] | None = None,
     slashes: Sequence[int] = (),
+    column: bool = False,
 ) -> Read:
     """The best alternative of every slot (probs: one row per candidate image; shapes: the
     width / height of each image's ink). A mark is read whole unless a cut reads clearly
@@ -126,7 +128,9 @@ def read(
 
     With an expected length, a cut that would read more digits than the most expected is
     neither taken nor a doubt: in a one-digit field a wide mark is one digit. `slashes`: the
-    slots that may be the slash of a `/-` (see preprocess.slash_before_dash)."""
+    slots that may be the slash of a `/-` (see preprocess.slash_before_dash). `column`: the
+    one digit was read from marks that may be a column of one-digit lines (see
+    preprocess.Reading.column): a doubt, unless one digit is all that is expected."""
     chosen: list[int] = []
     line_of: list[int] = []
     doubts: list[int] = []
@@ -181,7 +185,9 @@ def read(
         spare -= len(pieces) - 1
         chosen += pieces
         line_of += [line] * len(pieces)
-    return Read(probs[chosen].reshape(-1, probs.shape[-1]), line_of, chosen, doubts, slashed)
+    column = column and (expected is None or expected[1] > 1)
+    digits = probs[chosen].reshape(-1, probs.shape[-1])
+    return Read(digits, line_of, chosen, doubts, slashed, column)
 
 
 def agreed(probs: np.ndarray, cuts: Sequence[tuple[int, ...]], best: tuple[int, ...]) -> float:
@@ -242,6 +248,8 @@ def fill(
         notes.append(f"digit {k + 1} of {n} is wide enough for two digits touching")
     for k in found.slashes:
         notes.append(f"digit {k + 1} of {n} may be the slash of a `/-` after the amount")
+    if found.column:
+        notes.append("marks one above the other: one digit in pieces, or a column of digits")
     if confidences[weakest] < min_confidence:
         if n > 1:
             notes.append(f"digit {weakest + 1} of {n} is unsure ({confidences[weakest]:.2f})")

@@ -63,6 +63,7 @@ class Prepared:
     shapes: list[float] = field(default_factory=list)  # width / height of each image's ink
     slashes: list[int] = field(default_factory=list)  # slots that may be a `/-`'s slash
     crop: bool = False  # a crop of one digit: read as a one-digit field
+    column: bool = False  # read as one digit, but maybe a column of digits (see preprocess)
     debug: preprocess.Prepared | None = None  # with the debug steps, for the strip
     debug_path: Path | None = None
     other: Prepared | None = None  # the page read the other way round (see preprocess.prepare)
@@ -111,6 +112,7 @@ def of_page(
         shapes=prepared.shapes,
         slashes=prepared.slashes,
         crop=prepared.crop,
+        column=prepared.column,
         debug=prepared if debug_path is not None else None,
         debug_path=debug_path,
         other=None
@@ -430,7 +432,8 @@ class Reader:
         """The number on a page with marks, read once for its row and its debug strip."""
         if p.status is not None or not p.slots:
             return None
-        return reading.read(probs, p.slots, p.lines, p.shapes, self._expected(p), p.slashes)
+        expected = self._expected(p)
+        return reading.read(probs, p.slots, p.lines, p.shapes, expected, p.slashes, p.column)
 
     def _row(self, name: str, p: Prepared, found: reading.Read | None, ms: float) -> Row:
         row = Row(

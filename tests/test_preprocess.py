@@ -510,6 +510,19 @@ def test_two_lines_come_out_top_line_first():
     assert shapes == [True, False, False, True, True]
 
 
+@pytest.mark.parametrize(("gap", "column"), [(60, True), (8, False)], ids=["a line apart", "close"])
+def test_marks_one_above_the_other_are_one_digit_but_a_line_apart_may_be_a_column(gap, column):
+    """A 6 whose loop came apart is two marks one above the other; so is a 7 written above a
+    0. Read as one digit, as most such pages are one; a line apart, the page may be a column."""
+
+    def stacked(draw: ImageDraw.ImageDraw) -> None:
+        seven(draw, 60, 30, 70, 7)
+        zero(draw, 60, 100 + gap, 70, 7)
+
+    prepared = preprocess.prepare(scan(shape=None, page=(300 + gap, 200), clutter=stacked))
+    assert len(prepared.slots) == 1 and prepared.column is column
+
+
 def test_a_marks_width_is_measured_against_its_lines_digit_height_where_that_is_taller():
     assert preprocess.aspect((10, 0, 30, 30)) == 1.5  # y0, x0, y1, x1: as wide as 1.5 heights
     assert preprocess.aspect((10, 0, 30, 30), typical=30) == 1.0  # a flat mark in a line
@@ -768,3 +781,67 @@ def test_a_faint_smudge_does_not_take_the_place_of_a_small_bold_mark():
         return np.asarray(image)
 
     assert similarity(read(page(smudge=True)), read(page(smudge=False))) > 0.9
+
+
+# --- a photo of a sheet -------------------------------------------------------------------
+
+
+def photo_of(page: np.ndarray, table: str, seed: int = 0) -> np.ndarray:
+    """`page` on an A4 sheet, photographed on `table` (see scans.photograph)."""
+    sheet = Image.new("RGB", (840, 1188), WHITE)
+    sheet.paste(Image.fromarray(page), (120, 160))
+    photo, _, _ = scans.photograph(sheet, np.random.default_rng(seed), table)
+    return np.asarray(photo)
+
+
+@pytest.mark.parametrize("table", ["dark wood", "black", "grey desk"])
+def test_a_photo_of_a_sheet_on_a_table_reads_like_the_sheet(table):
+    """The table is no paper: read as one, dark enough it turned the sheet into ink, and the
+    sheet's edges into strokes."""
+    page = number()
+    photo = Image.fromarray(photo_of(page, table))
+    overview = preprocess.page_pixels(photo, preprocess.overview_size(photo.height, photo.width))
+    assert preprocess.find_sheet(overview) is not None
+    classifier = Classifier(threads=1)
+    assert reading_of(photo, classifier, True) == reading_of(
+        Image.fromarray(page), classifier, True
+    )
+    assert len(preprocess.prepare(photo).slots) == 2
+
+
+def test_the_table_is_painted_as_the_sheets_paper_and_the_writing_kept():
+    photo = Image.fromarray(photo_of(number(), "black"))
+    page = preprocess.page_pixels(photo, preprocess.overview_size(photo.height, photo.width))
+    sheet = preprocess.find_sheet(page)
+    assert sheet is not None and sheet.table.any() and not sheet.table.all()
+    cut = np.asarray(preprocess.on_sheet(photo, sheet, page.shape[0] / photo.height)).min(axis=-1)
+    assert cut.shape[0] < photo.height and cut.shape[1] < photo.width
+    dark = cut < 0.5 * np.median(cut)
+    assert 0 < dark.mean() < 0.01  # the 7 and the 0, nothing of the table
+
+
+def shadowed(page: np.ndarray) -> np.ndarray:
+    """A hand's shadow over the left half, soft edged: darker paper, not a table."""
+    ramp = np.clip((np.arange(page.shape[1]) - 0.4 * page.shape[1]) / (0.15 * page.shape[1]), 0, 1)
+    return (page * (0.45 + 0.55 * ramp)[None, :, None]).astype(np.uint8)
+
+
+def bold_seven_to_the_edge(page: np.ndarray) -> np.ndarray:
+    return scan(page=(160, 200), at=(-20, -10), size=200, width=40)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: scan(page=(400, 500)),
+        lambda: shadowed(scan(page=(400, 500))),
+        lambda: 255 - number(),
+        lambda: bold_seven_to_the_edge(number()),
+        lambda: np.asarray(Image.fromarray(number()).filter(ImageFilter.GaussianBlur(3))),
+    ],
+    ids=["a plain page", "a shadow", "light ink on dark paper", "a bold digit", "a blurred page"],
+)
+def test_no_sheet_is_cut_out_of_a_page_that_is_no_photo_of_one(make):
+    pixels = make()
+    page = preprocess.page_pixels(Image.fromarray(pixels), (pixels.shape[0], pixels.shape[1]))
+    assert preprocess.find_sheet(page) is None

@@ -25,8 +25,10 @@ def row_of(probs: list[np.ndarray], lines: list[int], **kw) -> Row:
     slots = [((i,),) for i in range(len(probs))]
     row = Row("a.png", Status.OK)
     shapes = [0.7] * len(probs)
-    found = reading.read(np.array(probs), slots, lines, shapes, None, kw.get("slashes", ()))
-    reading.fill(row, found, kw.get("min_confidence", 0.6), kw.get("expected"))
+    expected = kw.get("expected")
+    slashes, column = kw.get("slashes", ()), kw.get("column", False)
+    found = reading.read(np.array(probs), slots, lines, shapes, expected, slashes, column)
+    reading.fill(row, found, kw.get("min_confidence", 0.6), expected)
     return row
 
 
@@ -53,6 +55,18 @@ def test_a_last_digit_that_may_be_the_slash_of_a_trailing_dash_goes_to_review():
     row = row_of([sure(2, 0.999), sure(5, 0.999), sure(1, 0.9999)], [0, 0, 0], slashes=[2])
     assert row.digits == "251" and row.status is Status.LOW_CONFIDENCE
     assert row.note == "digit 3 of 3 may be the slash of a `/-` after the amount"
+
+
+@pytest.mark.parametrize(
+    ("expected", "status"), [(None, Status.LOW_CONFIDENCE), ((1, 1), Status.OK)]
+)
+def test_one_digit_read_from_a_column_of_marks_goes_to_review_unless_one_is_expected(
+    expected, status
+):
+    row = row_of([sure(5, 0.999)], [0], column=True, expected=expected)
+    assert row.digits == "5" and row.status is status
+    if status is Status.LOW_CONFIDENCE:
+        assert row.note == "marks one above the other: one digit in pieces, or a column of digits"
 
 
 def one_read(digit: int, p: float) -> reading.Read:
